@@ -1,0 +1,77 @@
+"""Evidence: everything the checks may look at, as plain host data (no tensors, no modules)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from probes.records import LayerRecord
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LossTrace:
+    """The loss at initialisation and along the short run (history[0] is the initial loss)."""
+
+    kind: str  # "cross-entropy", "mse", or the user's MODULE:FN
+    initial: float | None
+    expected_initial: float | None  # chance level: ln C for C-class cross-entropy, else None
+    num_classes: int | None
+    final: float | None = None
+    history: tuple[float, ...] = ()
+    model_computed: bool = False  # the model returned its own loss (HF-style `loss` field)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class InputStats:
+    """Summary of one input tensor, for the input-normalisation check."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+    synthetic: bool
+    integer: bool
+    mean: float | None = None
+    std: float | None = None
+    min: float | None = None
+    max: float | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ModelFacts:
+    source: str
+    format: str  # export | factory | torchscript | pickle | module
+    parameters: int
+    trainable_parameters: int
+    layers: int
+    limitations: tuple[str, ...] = ()  # probes that could not run on this model, in words
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RunInfo:
+    device: str
+    seed: int
+    inputs: str  # synthetic | file | example
+    input_shapes: tuple[tuple[int, ...], ...]
+    loss: str
+    steps: int
+    optimizer: str
+    lr: float
+    batch_size: int | None = None
+    fixed_batch: bool = True  # the short run reused one batch (the overfit-one-batch test)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Evidence:
+    """What the checks judge.
+
+    `layers` come from one forward+backward at initialisation; `run_layers` from the short training
+    run (`steps` > 0; empty otherwise), with update ratios and dead-over-the-run fractions.
+    """
+
+    model: ModelFacts
+    run: RunInfo
+    layers: tuple[LayerRecord, ...]
+    run_layers: tuple[LayerRecord, ...] = ()
+    loss: LossTrace | None = None
+    inputs: tuple[InputStats, ...] = ()
+    nonfinite_loss_step: int | None = None  # first step whose loss was NaN/Inf, if any
+    extra: dict[str, object] = field(default_factory=dict)

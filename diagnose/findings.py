@@ -1,0 +1,75 @@
+"""Findings and the fixes attached to them: the plain data that checks produce and reports render."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+
+from diagnose.severity import Severity
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Verification:
+    """Before/after of the measure that triggered a finding, when a fix was tried on a copy."""
+
+    metric: str
+    before: float | None
+    after: float | None
+    resolved: bool
+    note: str | None = None
+
+    def to_dict(self) -> dict[str, object]:
+        data: dict[str, object] = {
+            "metric": self.metric,
+            "before": self.before,
+            "after": self.after,
+            "resolved": self.resolved,
+        }
+        if self.note:
+            data["note"] = self.note
+        return data
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FixSuggestion:
+    """One recommended fix for one finding, with a snippet naming the user's own layers."""
+
+    id: str
+    title: str
+    rationale: str
+    snippet: str
+    verified: Verification | None = None
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "id": self.id,
+            "title": self.title,
+            "rationale": self.rationale,
+            "snippet": self.snippet,
+            "verified": self.verified.to_dict() if self.verified else None,
+        }
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Finding:
+    id: str
+    severity: Severity
+    title: str
+    message: str
+    layers: tuple[str, ...] = ()
+    evidence: Mapping[str, float | int | str | None] = field(default_factory=dict)
+    fixes: tuple[FixSuggestion, ...] = ()
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "id": self.id,
+            "severity": self.severity.value,
+            "title": self.title,
+            "message": self.message,
+            "layers": list(self.layers),
+            "evidence": dict(self.evidence),
+            "fixes": [fix.to_dict() for fix in self.fixes],
+        }
+
+    def with_fixes(self, fixes: tuple[FixSuggestion, ...]) -> "Finding":
+        return replace(self, fixes=fixes)

@@ -1,0 +1,118 @@
+"""Plain, frozen records that probes hand to their callers: one `LayerRecord` per probed layer."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ActivationStats:
+    """Statistics of a layer's output over every call while attached.
+
+    `dead_fraction` is set for ReLU-family outputs (units that were zero for every sample of every
+    call), `saturated_fraction` for bounded activations (outputs within the documented margin of an
+    asymptote). `dead_fraction_last` is the dead share in the most recent forward of the model.
+    """
+
+    mean: float | None = None
+    std: float | None = None
+    dead_fraction: float | None = None
+    saturated_fraction: float | None = None
+    nonfinite: int = 0
+    count: int = 0
+    units: int | None = None
+    dead_fraction_last: float | None = None
+
+    def to_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GradientStats:
+    """Gradient sizes, averaged (root mean square) over the backward passes seen while attached.
+
+    `norm`/`rms` describe the layer's trainable parameters when it has any, else the gradient
+    with respect to its output; `output_rms` is always the gradient with respect to the output.
+    """
+
+    norm: float | None = None
+    rms: float | None = None
+    output_rms: float | None = None
+    param_norm: float | None = None
+    param_rms: float | None = None
+    nonfinite: int = 0
+    backward_calls: int = 0
+
+    def to_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WeightStats:
+    """Scale of a layer's main weight against the init its following activation needs."""
+
+    std: float
+    mean: float
+    expected_std: float | None
+    scheme: str | None
+    fan_in: int | None
+    fan_out: int | None
+    normalized: bool
+    frozen: bool
+    numel: int
+    bias_mean: float | None = None
+    bias_std: float | None = None
+
+    def to_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LayerRecord:
+    """Everything measured about one probed layer (a module, or an activation called as a function).
+
+    `kind` is one of: linear, conv, embedding, recurrent, norm, attention, activation, other.
+    `activation_kind` names the activation family (relu, tanh, sigmoid, selu, gelu, ...) for
+    activation layers; `followed_by` names the family of the first activation that runs after a
+    weighted layer and before the next one ("none" when there is none).
+    """
+
+    name: str
+    type: str
+    index: int
+    kind: str
+    source: str = "module"
+    owner: str = ""
+    activation_kind: str | None = None
+    followed_by: str | None = None
+    calls: int = 0
+    output_shape: tuple[int, ...] | None = None
+    parameters: int = 0
+    trainable_parameters: int = 0
+    params_without_gradient: tuple[str, ...] = ()
+    activation: ActivationStats = field(default_factory=ActivationStats)
+    gradient: GradientStats = field(default_factory=GradientStats)
+    weight: WeightStats | None = None
+    update_ratio: float | None = None
+    update_ratio_max: float | None = None
+    update_ratios: tuple[float, ...] = ()
+
+    def to_dict(self) -> dict[str, object]:
+        data = asdict(self)
+        data["output_shape"] = list(self.output_shape) if self.output_shape is not None else None
+        data["params_without_gradient"] = list(self.params_without_gradient)
+        data["update_ratios"] = list(self.update_ratios)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "LayerRecord":
+        data = dict(data)
+        data["activation"] = ActivationStats(**data.get("activation") or {})
+        data["gradient"] = GradientStats(**data.get("gradient") or {})
+        weight = data.get("weight")
+        data["weight"] = WeightStats(**weight) if weight else None
+        shape = data.get("output_shape")
+        data["output_shape"] = tuple(shape) if shape is not None else None
+        data["params_without_gradient"] = tuple(data.get("params_without_gradient") or ())
+        data["update_ratios"] = tuple(data.get("update_ratios") or ())
+        return cls(**data)
