@@ -1,0 +1,204 @@
+"""Load a torch.export `.pt2` archive, after proving that no member of it can run pickled code."""
+
+from __future__ import annotations
+
+import json
+import posixpath
+import warnings
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from diagnose.errors import DiagnoseError
+from diagnose.loading._messages import one_line
+from diagnose.loading.safety import UnsafePickle, load_tensors_only, refuse_unsafe
+from diagnose.loading.sniff import LEGACY_EXPORT_MEMBER
+from diagnose.loading.specs import InputSpec
+
+if TYPE_CHECKING:
+    import torch
+
+# Members torch.export.load only reads as text or JSON, never unpickles (pt2 archive layout,
+# torch/export/pt2_archive/constants.py). Everything else must prove itself weights-only.
+TEXT_MEMBERS = frozenset({"archive_format", "archive_version", "byteorder", ".data/version",
+                          ".data/serialization_id", "version", LEGACY_EXPORT_MEMBER})
+MODELS_DIR = "models/"
+EXTRA_DIR = "extra/"
+WEIGHTS_DIR = "data/weights/"
+CONSTANTS_DIR = "data/constants/"
+WEIGHTS_CONFIG_SUFFIX = "_weights_config.json"
+CONSTANTS_CONFIG_SUFFIX = "_constants_config.json"
+# Constants whose file name starts with this are raw tensor bytes unless flagged use_pickle; any
+# other constant (custom_obj_, opaque_obj_) goes through a pickle loader whatever its flags say.
+TENSOR_CONSTANT_PREFIX = "tensor_"
+# AOTInductor packages carry compiled shared libraries that torch.export.load dlopens.
+NATIVE_CODE_DIRS = ("data/aotinductor/",)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ExportContents:
+    module: "torch.nn.Module"
+    example_args: tuple | None
+    example_kwargs: dict | None
+    dynamic_batch: bool
+    input_specs: tuple[InputSpec, ...]
+    limitations: tuple[str, ...]
+
+
+def load_export(path: Path, *, trust_pickle: bool, device: str) -> ExportContents:
+    """torch.export.load + unflatten, with the archive's example inputs and input declarations."""
+    import torch
+
+    if not trust_pickle:
+        check_archive_payloads(path)
+    try:
+        # A handle, so torch does not insist on a .pt2 suffix; its own pytree deprecation
+        # warnings while deserializing are not the user's to act on.
+        with path.open("rb") as handle, warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            program = torch.export.load(handle)
+    except Exception as exc:
+        raise DiagnoseError(f"{path} could not be loaded as a torch.export archive ({one_line(exc)}); "
+                            "re-save it with torch.export.save from this torch version.") from exc
+    module, limitations = _unflatten(program)
+    module = module.to(device)
+    args, kwargs = _example_inputs(program, device)
+    specs = declared_inputs(program)
+    return ExportContents(module=module, example_args=args, example_kwargs=kwargs,
+                          dynamic_batch=any(s.shape is not None and s.shape[:1] == (None,) for s in specs),
+                          input_specs=specs, limitations=limitations)
+
+
+def check_archive_payloads(path: Path) -> None:
+    """Refuse the archive unless every member torch would unpickle loads with weights_only=True."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            members = archive.namelist()
+            legacy = LEGACY_EXPORT_MEMBER in members  # torch <= 2.7 layout: members at the root
+            relative = {name: name if legacy else _strip_root(name) for name in members}
+            raw, pickled = _payload_references(archive, relative)
+            for name, rel in relative.items():
+                if rel.startswith(NATIVE_CODE_DIRS):
+                    raise DiagnoseError(f"{path} contains compiled AOTInductor code ({rel}), which loading "
+                                        "would run. Pass --trust-pickle if you trust its source.")
+                if name.endswith("/") or (rel in raw and rel not in pickled) or _is_text(rel, pickled):
+                    continue
+                try:
+                    load_tensors_only(archive.read(name))
+                except UnsafePickle as exc:
+                    raise refuse_unsafe(f"{path} (member {rel})", trust_option=True) from exc
+                except Exception as exc:
+                    raise DiagnoseError(f"{path} member {rel} is neither a tensor payload nor a weights-only "
+                                        f"pickle ({one_line(exc)}); it may be corrupt or hold code. "
+                                        "Pass --trust-pickle if you trust its source.") from exc
+    except zipfile.BadZipFile as exc:
+        raise DiagnoseError(f"{path} is a corrupt zip archive ({exc}); re-save the model.") from exc
+
+
+def _payload_references(archive: zipfile.ZipFile, relative: dict[str, str]) -> tuple[set[str], set[str]]:
+    """Members the configs name as raw tensor bytes, and members they route to a pickle loader."""
+    raw: set[str] = set()
+    pickled: set[str] = set()
+    for name, rel in relative.items():
+        for base, suffix in ((WEIGHTS_DIR, WEIGHTS_CONFIG_SUFFIX), (CONSTANTS_DIR, CONSTANTS_CONFIG_SUFFIX)):
+            if not (rel.startswith(base) and rel.endswith(suffix)):
+                continue
+            try:
+                entries = json.loads(archive.read(name))["config"]
+                payloads = [(e["path_name"], bool(e.get("use_pickle"))) for e in entries.values()]
+            except (ValueError, KeyError, TypeError, AttributeError) as exc:
+                raise DiagnoseError(f"{archive.filename} has a malformed {rel} ({one_line(exc)}); "
+                                    "re-save the model with torch.export.save.") from exc
+            for path_name, use_pickle in payloads:
+                member = posixpath.join(base, path_name)
+                is_raw = not use_pickle and (base == WEIGHTS_DIR or path_name.startswith(TENSOR_CONSTANT_PREFIX))
+                (raw if is_raw else pickled).add(member)
+    return raw, pickled
+
+
+def _is_text(rel: str, pickled: set[str]) -> bool:
+    if rel in pickled:
+        return False
+    if rel in TEXT_MEMBERS or rel.startswith(EXTRA_DIR):
+        return True
+    if rel.startswith(MODELS_DIR) and rel.endswith(".json"):
+        return True
+    return (rel.startswith(WEIGHTS_DIR) and rel.endswith(WEIGHTS_CONFIG_SUFFIX)) or (
+        rel.startswith(CONSTANTS_DIR) and rel.endswith(CONSTANTS_CONFIG_SUFFIX))
+
+
+def _strip_root(name: str) -> str:
+    return name.split("/", 1)[1] if "/" in name else name
+
+
+def _unflatten(program: Any) -> tuple["torch.nn.Module", tuple[str, ...]]:
+    import torch
+
+    try:
+        return torch.export.unflatten(program), ()
+    except Exception as exc:  # unflatten rejects some programs; the flat graph still trains
+        limitation = ("torch.export.unflatten failed on this program "
+                      f"({one_line(exc)}), so layers are the flat graph's, not the original modules")
+        return program.module(), (limitation,)
+
+
+def _example_inputs(program: Any, device: str) -> tuple[tuple | None, dict | None]:
+    import torch
+    from torch.utils._pytree import tree_map
+
+    examples = program.example_inputs
+    if examples is None:
+        return None, None
+    args, kwargs = examples
+
+    def to_device(value: Any) -> Any:
+        return value.to(device) if isinstance(value, torch.Tensor) else value
+
+    return tuple(tree_map(to_device, tuple(args))), dict(tree_map(to_device, dict(kwargs)))
+
+
+def declared_inputs(program: Any) -> tuple[InputSpec, ...]:
+    """One InputSpec per positional input, from the program's input placeholders."""
+    nodes = {node.name: node for node in program.graph.nodes if node.op == "placeholder"}
+    user_inputs = list(program.graph_signature.user_inputs)
+    positional = _positional_count(program, len(user_inputs))
+    return tuple(_spec_of(nodes[name]) for name in user_inputs[:positional] if name in nodes)
+
+
+def _positional_count(program: Any, total: int) -> int:
+    """How many user inputs are positional: the leaves of in_spec's args tuple, when all are leaves."""
+    try:
+        in_spec = program.call_spec.in_spec
+        # TreeSpec.child() replaced the children_specs list (deprecated) in recent torch.
+        args_spec = in_spec.child(0) if hasattr(in_spec, "child") else in_spec.children_specs[0]
+        if args_spec.num_leaves == args_spec.num_children:
+            return args_spec.num_children
+    except (AttributeError, IndexError):
+        pass
+    return total
+
+
+def _spec_of(node: Any) -> InputSpec:
+    value = node.meta.get("val")
+    shape = getattr(value, "shape", None)
+    dtype = getattr(value, "dtype", None)
+    return InputSpec(
+        name=node.name,
+        shape=None if shape is None else tuple(d if isinstance(d, int) else None for d in shape),
+        dtype=None if dtype is None else str(dtype).removeprefix("torch."),
+        vocab_size=_embedding_vocab(node),
+    )
+
+
+def _embedding_vocab(node: Any) -> int | None:
+    """num_embeddings of the table this input indexes, when it feeds aten.embedding directly."""
+    for user in node.users:
+        if "embedding" not in str(user.target) or len(user.args) < 2 or user.args[1] is not node:
+            continue
+        weight = user.args[0]
+        table = weight.meta.get("val") if hasattr(weight, "meta") else None
+        rows = getattr(table, "shape", (None,))[0]
+        if isinstance(rows, int):
+            return rows
+    return None
