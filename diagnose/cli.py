@@ -1,0 +1,274 @@
+"""The `diagnose` command line: flags -> Settings -> `diagnose.api.run_check` -> renderers -> exit code.
+
+Thin on purpose: everything a library user also needs lives in the library. torch is imported only
+by `check` (through `diagnose.api`), so `--help`, `--version`, `list` and `explain` stay fast.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, NoReturn, Optional, TextIO
+
+import typer
+
+from diagnose.config import Settings, build_settings, parse_input_shape, split_ids, validate_settings
+from diagnose.errors import DiagnoseError
+
+if TYPE_CHECKING:
+    from diagnose.report import Report
+
+EXIT_OK = 0
+EXIT_FINDINGS = 1
+EXIT_CANNOT_RUN = 2
+# 128 + SIGINT, the shell's convention for a command stopped by Ctrl-C.
+EXIT_INTERRUPTED = 130
+# Terminal width when stdout is not a terminal (pipes, CI logs): wide enough for the layer table.
+PIPE_WIDTH = 120
+
+app = typer.Typer(
+    name="diagnose",
+    help="Tell why a PyTorch network will not train, and what to change.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        from diagnose import __version__
+
+        typer.echo(f"diagnose {__version__}")
+        raise typer.Exit(EXIT_OK)
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version_callback, is_eager=True, help="Show the version and exit."),
+    ] = False,
+) -> None:
+    """Tell why a PyTorch network will not train, and what to change."""
+
+
+# ---------------------------------------------------------------------------------------------
+# check
+
+
+@app.command()
+def check(
+    model: Annotated[str, typer.Argument(metavar="MODEL", help="model.pt2, model.ts.pt, model.pt, pkg.module:build or path/to/file.py:build")],
+    input_shape: Annotated[Optional[list[str]], typer.Option("--input-shape", metavar="SHAPE", help="Synthesize a standard-normal batch of this shape, e.g. 64,3,32,32 (repeat for several inputs).")] = None,
+    inputs: Annotated[Optional[str], typer.Option("--inputs", metavar="FILE", help="Real inputs: .pt / .npy / .npz.")] = None,
+    targets: Annotated[Optional[str], typer.Option("--targets", metavar="FILE", help="Real targets: .pt / .npy / .npz.")] = None,
+    loss: Annotated[Optional[str], typer.Option("--loss", metavar="LOSS", help="auto | cross-entropy | mse | MODULE:FN.")] = None,
+    steps: Annotated[Optional[int], typer.Option("--steps", metavar="N", help="Optimizer steps of the short training run (0 = one forward+backward).")] = None,
+    optimizer: Annotated[Optional[str], typer.Option("--optimizer", metavar="NAME", help="sgd | momentum | nesterov | adagrad | rmsprop | adam | adamw | nadam.")] = None,
+    lr: Annotated[Optional[float], typer.Option("--lr", metavar="X", help="Learning rate of the short run.")] = None,
+    batch_size: Annotated[Optional[int], typer.Option("--batch-size", metavar="N", help="Batch size for synthesized inputs.")] = None,
+    weights: Annotated[Optional[str], typer.Option("--weights", metavar="FILE", help="A state dict (.pt or .safetensors) for a factory model.")] = None,
+    trust_pickle: Annotated[bool, typer.Option("--trust-pickle", help="Allow loading a whole pickled module (runs the code inside it).")] = False,
+    device: Annotated[Optional[str], typer.Option("--device", metavar="DEVICE", help="auto | cpu | cuda.")] = None,
+    seed: Annotated[Optional[int], typer.Option("--seed", metavar="N", help="Seed for all randomness (default 0).")] = None,
+    json_path: Annotated[Optional[str], typer.Option("--json", metavar="PATH", help="Write the JSON report here ('-' = stdout; the human report then goes to stderr).")] = None,
+    markdown_path: Annotated[Optional[str], typer.Option("--markdown", metavar="PATH", help="Write a Markdown report here.")] = None,
+    junit_path: Annotated[Optional[str], typer.Option("--junit", metavar="PATH", help="Write a JUnit XML report here.")] = None,
+    fail_on: Annotated[Optional[str], typer.Option("--fail-on", metavar="LEVEL", help="Exit 1 on findings at/above: error | warning | info | never (default error).")] = None,
+    select: Annotated[Optional[list[str]], typer.Option("--select", metavar="IDS", help="Run only these checks (comma-separated ids).")] = None,
+    ignore: Annotated[Optional[list[str]], typer.Option("--ignore", metavar="IDS", help="Skip these checks (comma-separated ids).")] = None,
+    try_fixes: Annotated[Optional[bool], typer.Option("--try-fixes/--no-try-fixes", help="Apply each recommended fix to a copy of the model and report before/after.")] = None,
+    config: Annotated[Optional[Path], typer.Option("--config", metavar="PATH", help="The pyproject.toml to read [tool.diagnose] from (default: the nearest one upward).")] = None,
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False,
+) -> None:
+    """Probe MODEL, find why it will not train, and recommend fixes."""
+
+    def work() -> int:
+        flags = {
+            "model": model,
+            "input_shapes": tuple(parse_input_shape(s) for s in input_shape) if input_shape else None,
+            "inputs_path": inputs,
+            "targets_path": targets,
+            "loss": loss,
+            "steps": steps,
+            "optimizer": optimizer,
+            "lr": lr,
+            "batch_size": batch_size,
+            "weights": weights,
+            "trust_pickle": trust_pickle or None,
+            "device": device,
+            "seed": seed,
+            "json_path": json_path,
+            "markdown_path": markdown_path,
+            "junit_path": junit_path,
+            "fail_on": fail_on,
+            "select": split_ids(select) if select else None,
+            "ignore": split_ids(ignore) if ignore else None,
+            "try_fixes": try_fixes,
+            "debug": debug or None,
+        }
+        settings = validate_settings(build_settings(flags, config))
+        if settings.select or settings.ignore or settings.thresholds or settings.per_layer_ignores:
+            validate_settings(settings, known_check_ids())
+        _require_writable(settings)
+
+        from diagnose import api  # imports torch: only here, never for --help/list/explain
+
+        report = api.run_check(settings)
+        _emit(report, settings)
+        return report.exit_code(settings.fail_on)
+
+    raise typer.Exit(_guarded(work, debug=debug))
+
+
+def known_check_ids() -> tuple[str, ...]:
+    from diagnose.checks import CHECKS
+
+    return tuple(entry.id for entry in CHECKS)
+
+
+def _require_writable(settings: Settings) -> None:
+    """Fail before the (possibly long) run when a report could not be written afterwards."""
+    for flag, path in (("--json", settings.json_path), ("--markdown", settings.markdown_path), ("--junit", settings.junit_path)):
+        if path is None or (flag == "--json" and path == "-"):
+            continue
+        target = Path(path)
+        if target.is_dir():
+            raise DiagnoseError(f"cannot write the {flag} report to {path}: it is a directory; give a file name")
+        parent = target.parent
+        if not parent.is_dir():
+            raise DiagnoseError(f"cannot write the {flag} report to {path}: directory {parent} does not exist; create it first")
+
+
+def _emit(report: "Report", settings: Settings) -> None:
+    from diagnose.render import render_json, render_junit, render_markdown, render_terminal
+
+    human_stream = sys.stderr if settings.json_path == "-" else sys.stdout
+    human_stream.write(_terminal_text(report, human_stream, render_terminal))
+    human_stream.flush()
+    if settings.json_path == "-":
+        sys.stdout.write(render_json(report))
+        sys.stdout.flush()
+    elif settings.json_path:
+        _write("--json", settings.json_path, render_json(report))
+    if settings.markdown_path:
+        _write("--markdown", settings.markdown_path, render_markdown(report))
+    if settings.junit_path:
+        _write("--junit", settings.junit_path, render_junit(report, fail_on=settings.fail_on))
+
+
+def _terminal_text(report: "Report", stream: TextIO, render: Callable[..., str]) -> str:
+    """Colour only on a real terminal without NO_COLOR; ASCII bars when the stream cannot encode blocks."""
+    is_tty = hasattr(stream, "isatty") and stream.isatty()
+    color = is_tty and not os.environ.get("NO_COLOR")
+    width = PIPE_WIDTH
+    if is_tty:
+        try:
+            width = os.get_terminal_size(stream.fileno()).columns
+        except (OSError, ValueError):
+            width = PIPE_WIDTH
+    encoding = (getattr(stream, "encoding", None) or "utf-8").lower()
+    ascii_only = not encoding.replace("-", "").startswith("utf")
+    return render(report, width=width, color=color, ascii_only=ascii_only)
+
+
+def _write(flag: str, path: str, text: str) -> None:
+    try:
+        Path(path).write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise DiagnoseError(f"cannot write the {flag} report to {path}: {exc.strerror or exc}") from exc
+
+
+# ---------------------------------------------------------------------------------------------
+# list / explain
+
+
+@app.command("list")
+def list_rules() -> None:
+    """Every check and every fix, with id, severity and one line each."""
+
+    def work() -> int:
+        from diagnose.checks import CHECKS
+        from diagnose.fixes import FIXES
+
+        lines = ["Checks:"]
+        id_width = max((len(c.id) for c in CHECKS), default=0)
+        for entry in CHECKS:
+            severity = getattr(entry.severity, "value", entry.severity)
+            lines.append(f"  {entry.id:<{id_width}}  {severity:<7}  {entry.summary}")
+        lines += ["", "Fixes:"]
+        fixes = list(FIXES.values())
+        id_width = max((len(f.id) for f in fixes), default=0)
+        for fix in fixes:
+            lines.append(f"  {fix.id:<{id_width}}  {fix.title}: {fix.summary}" if fix.summary else f"  {fix.id:<{id_width}}  {fix.title}")
+        lines += ["", "diagnose explain ID shows what one of them means and how it is fixed."]
+        typer.echo("\n".join(lines))
+        return EXIT_OK
+
+    raise typer.Exit(_guarded(work, debug=False))
+
+
+@app.command()
+def explain(
+    rule_id: Annotated[str, typer.Argument(metavar="ID", help="A check id (e.g. dead-relu) or a fix id (e.g. he-init).")],
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False,
+) -> None:
+    """What a finding or fix means, why it happens, and how it is fixed."""
+
+    def work() -> int:
+        from diagnose.explain import render
+
+        try:
+            text = render(rule_id)
+        except KeyError as exc:
+            raise DiagnoseError(f"unknown check or fix id {rule_id!r}; `diagnose list` shows them all") from exc
+        typer.echo(text.rstrip("\n"))
+        return EXIT_OK
+
+    raise typer.Exit(_guarded(work, debug=debug))
+
+
+# ---------------------------------------------------------------------------------------------
+# the one error edge
+
+
+def _guarded(work: Callable[[], int], *, debug: bool) -> int:
+    """Run a command body; turn every failure into one line on stderr and an exit code."""
+    try:
+        return work()
+    except DiagnoseError as exc:
+        return _fail(f"error: {_one_line(str(exc))}", debug)
+    except KeyboardInterrupt:
+        typer.echo("interrupted", err=True)
+        return EXIT_INTERRUPTED
+    except (typer.Exit, typer.Abort):
+        raise
+    except Exception as exc:  # the edge: anything else is a bug, said once, clearly
+        return _fail(
+            f"error: unexpected {type(exc).__name__}: {_one_line(str(exc))} "
+            "(a bug in diagnose or in the model's code; rerun with --debug for the traceback)",
+            debug,
+        )
+
+
+def _fail(line: str, debug: bool) -> int:
+    if debug:
+        traceback.print_exc(file=sys.stderr)
+    typer.echo(line, err=True)
+    return EXIT_CANNOT_RUN
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split()) or "(no message)"
+
+
+def main(argv: Sequence[str] | None = None) -> NoReturn:
+    """Console-script entry point (`diagnose = "diagnose.cli:main"`)."""
+    app(args=list(argv) if argv is not None else None, prog_name="diagnose")
+    raise SystemExit(EXIT_OK)  # typer's standalone mode exits itself; this keeps the type honest
