@@ -1,0 +1,198 @@
+"""The library entry points: `check()` for Python callers, `run_check(settings)` for the CLI."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from diagnose.checks import run_checks
+from diagnose.config import Settings
+from diagnose.errors import DiagnoseError
+from diagnose.evidence import Evidence, InputStats
+from diagnose.loading import LoadedModel, load_model
+from diagnose.loading.inputs import Batch, prepare_batch
+from diagnose.recommend import recommend
+from diagnose.report import Report
+from diagnose.run import collect_evidence, resolve_device
+
+
+def run_check(settings: Settings) -> Report:
+    """Everything `diagnose check MODEL` does, from a `Settings`."""
+    started = time.perf_counter()
+    device = resolve_device(settings.device)
+    loaded = load_model(
+        settings.model, weights=settings.weights, trust_pickle=settings.trust_pickle, device=str(device)
+    )
+    batch = prepare_batch(
+        loaded,
+        input_shapes=settings.input_shapes,
+        inputs_path=settings.inputs_path,
+        targets_path=settings.targets_path,
+        batch_size=settings.batch_size,
+        seed=settings.seed,
+        device=str(device),
+    )
+    return diagnose_loaded(loaded, batch, settings, started=started)
+
+
+def check(
+    model: nn.Module | str,
+    inputs: Any = None,
+    *,
+    targets: Any = None,
+    loss: str | Callable = "auto",
+    steps: int = 0,
+    optimizer: str = "sgd",
+    lr: float = 0.01,
+    seed: int = 0,
+    device: str = "auto",
+    batch_size: int | None = None,
+    input_shapes: Sequence[Sequence[int]] = (),
+    select: Sequence[str] = (),
+    ignore: Sequence[str] = (),
+    try_fixes: bool = False,
+    thresholds: Mapping[str, Mapping[str, float]] | None = None,
+    per_layer_ignores: Mapping[str, Sequence[str]] | None = None,
+    weights: str | None = None,
+    trust_pickle: bool = False,
+) -> Report:
+    """Diagnose `model` (a module, or any MODEL form the CLI takes) on `inputs`.
+
+    `inputs`: a tensor, a tuple/list of tensors (positional), or a dict (keyword inputs); None
+    uses the model's own example inputs or `input_shapes`. The module is never modified.
+    """
+    started = time.perf_counter()
+    if steps < 0:
+        raise DiagnoseError(f"steps must be >= 0, got {steps}")
+    settings = Settings(
+        model=model if isinstance(model, str) else type(model).__name__,
+        input_shapes=tuple(tuple(int(d) for d in s) for s in input_shapes),
+        loss=loss if isinstance(loss, str) else "custom",
+        steps=int(steps),
+        optimizer=optimizer,
+        lr=float(lr),
+        batch_size=batch_size,
+        weights=weights,
+        trust_pickle=trust_pickle,
+        device=device,
+        seed=int(seed),
+        select=tuple(select),
+        ignore=tuple(ignore),
+        try_fixes=try_fixes,
+        thresholds=dict(thresholds or {}),
+        per_layer_ignores={k: tuple(v) for k, v in (per_layer_ignores or {}).items()},
+    )
+    resolved = resolve_device(device)
+    loaded = load_model(model, weights=weights, trust_pickle=trust_pickle, device=str(resolved))
+    if inputs is None:
+        batch = prepare_batch(
+            loaded, input_shapes=settings.input_shapes, batch_size=batch_size, seed=seed, device=str(resolved)
+        )
+        if targets is not None:
+            batch = Batch(
+                args=batch.args, kwargs=batch.kwargs, targets=_to_device(targets, resolved),
+                origin=batch.origin, shapes=batch.shapes, stats=batch.stats,
+            )
+    else:
+        batch = batch_from_objects(inputs, targets, resolved)
+    return diagnose_loaded(loaded, batch, settings, started=started, loss=loss)
+
+
+def diagnose_loaded(
+    loaded: LoadedModel, batch: Batch, settings: Settings, *, started: float, loss: Any = None
+) -> Report:
+    if loss is not None and not isinstance(loss, str):
+        from dataclasses import replace
+
+        settings = replace(settings, loss=loss)  # a callable loss from the Python API
+    evidence, workload = collect_evidence(loaded, batch, settings)
+    findings, checks_run = run_checks(
+        evidence,
+        select=settings.select,
+        ignore=settings.ignore,
+        thresholds=settings.thresholds,
+        per_layer_ignores=settings.per_layer_ignores,
+    )
+    findings = recommend(findings, evidence)
+    if settings.try_fixes and findings:
+        from diagnose.verify import verify_findings
+
+        findings = verify_findings(loaded.module, workload, evidence, findings, settings)
+    return Report(
+        evidence=evidence,
+        findings=tuple(findings),
+        checks_run=tuple(checks_run),
+        elapsed_s=time.perf_counter() - started,
+        notes=_run_notes(evidence),
+    )
+
+
+def _run_notes(evidence: Evidence) -> tuple[str, ...]:
+    run = evidence.run
+    notes = [f"one forward and backward pass at initialisation on a {run.inputs} batch"]
+    if run.steps > 0:
+        notes.append(
+            f"short run: {run.steps} {run.optimizer} steps at lr={run.lr:g} on one fixed batch "
+            "(the overfit-one-batch test), on a copy of the model"
+        )
+    return tuple(notes)
+
+
+def _to_device(value: Any, device: torch.device) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.to(device)
+    if isinstance(value, (tuple, list)):
+        return type(value)(_to_device(v, device) for v in value)
+    if isinstance(value, dict):
+        return {k: _to_device(v, device) for k, v in value.items()}
+    try:
+        import numpy as np
+
+        if isinstance(value, np.ndarray):
+            return torch.from_numpy(value).to(device)
+    except ImportError:  # pragma: no cover - numpy is a dependency
+        pass
+    return value
+
+
+def batch_from_objects(inputs: Any, targets: Any, device: torch.device) -> Batch:
+    """A `Batch` from the Python objects an API caller passes (tensor, tuple, or dict)."""
+    inputs = _to_device(inputs, device)
+    if isinstance(inputs, torch.Tensor):
+        args, kwargs = (inputs,), {}
+    elif isinstance(inputs, (tuple, list)):
+        args, kwargs = tuple(inputs), {}
+    elif isinstance(inputs, dict):
+        args, kwargs = (), dict(inputs)
+    else:
+        raise DiagnoseError(
+            f"inputs must be a tensor, a tuple/list of tensors or a dict, not {type(inputs).__name__}"
+        )
+    tensors = [("arg%d" % i, t) for i, t in enumerate(args)] + list(kwargs.items())
+    tensors = [(name, t) for name, t in tensors if isinstance(t, torch.Tensor)]
+    return Batch(
+        args=args,
+        kwargs=kwargs,
+        targets=_to_device(targets, device) if targets is not None else None,
+        origin="given",
+        shapes=tuple(tuple(t.shape) for _, t in tensors),
+        stats=tuple(input_stats(name, t, synthetic=False) for name, t in tensors),
+    )
+
+
+def input_stats(name: str, tensor: torch.Tensor, *, synthetic: bool) -> InputStats:
+    integer = not (tensor.is_floating_point() or tensor.is_complex())
+    if integer or tensor.numel() == 0:
+        return InputStats(name=name, shape=tuple(tensor.shape), dtype=str(tensor.dtype).replace("torch.", ""),
+                          synthetic=synthetic, integer=integer)
+    data = tensor.detach().double()
+    return InputStats(
+        name=name, shape=tuple(tensor.shape), dtype=str(tensor.dtype).replace("torch.", ""),
+        synthetic=synthetic, integer=False,
+        mean=float(data.mean()), std=float(data.std(correction=0)),
+        min=float(data.min()), max=float(data.max()),
+    )

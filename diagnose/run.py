@@ -1,0 +1,244 @@
+"""Collect the evidence: probes over one forward+backward at init, then an optional short run.
+
+Everything runs on deep copies of the model: the user's module (its weights, buffers, gradients,
+training flag) and the global RNG are left exactly as they were found.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+import probes
+from diagnose.config import OPTIMIZERS, Settings
+from diagnose.errors import DiagnoseError
+from diagnose.evidence import Evidence, LossTrace, ModelFacts, RunInfo
+from diagnose.loading import LoadedModel
+from diagnose.loading.inputs import Batch
+from diagnose.loading.loss import LossSpec, resolve_loss
+from diagnose.loading.outputs import extract_output
+
+# Momentum 0.9 is the value the notes (and nearly every recipe) start from.
+MOMENTUM = 0.9
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Workload:
+    """What a run needs besides the model: the batch, the loss, the optimiser and the device."""
+
+    batch: Batch
+    loss: str | object
+    steps: int
+    optimizer: str
+    lr: float
+    seed: int
+    device: torch.device
+    clip_grad_norm: float | None = None
+    warmup_steps: int = 0
+
+
+def resolve_device(requested: str, module: nn.Module | None = None) -> torch.device:
+    if requested == "cpu":
+        return torch.device("cpu")
+    if requested == "cuda":
+        if not torch.cuda.is_available():
+            raise DiagnoseError("--device cuda was requested but CUDA is not available here; use --device cpu")
+        return torch.device("cuda")
+    if requested != "auto":
+        raise DiagnoseError(f"unknown device {requested!r}; use auto, cpu or cuda")
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def make_optimizer(name: str, params, lr: float) -> torch.optim.Optimizer:
+    params = [p for p in params if p.requires_grad]
+    if not params:
+        raise DiagnoseError("the model has no trainable parameters, so there is nothing to train or diagnose")
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr)
+    if name == "momentum":
+        return torch.optim.SGD(params, lr=lr, momentum=MOMENTUM)
+    if name == "nesterov":
+        return torch.optim.SGD(params, lr=lr, momentum=MOMENTUM, nesterov=True)
+    if name == "adagrad":
+        return torch.optim.Adagrad(params, lr=lr)
+    if name == "rmsprop":
+        return torch.optim.RMSprop(params, lr=lr)
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr)
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=lr)
+    if name == "nadam":
+        return torch.optim.NAdam(params, lr=lr)
+    raise DiagnoseError(f"unknown optimizer {name!r}; choose one of {', '.join(OPTIMIZERS)}")
+
+
+def working_copy(module: nn.Module, device: torch.device) -> nn.Module:
+    """A deep copy in training mode on `device`; the original is never touched."""
+    try:
+        clone = copy.deepcopy(module)
+    except Exception as exc:  # modules holding locks, open files, generators...
+        raise DiagnoseError(
+            f"could not copy the model to probe it safely ({type(exc).__name__}: {exc}); "
+            "diagnose never runs on the original module"
+        ) from exc
+    clone.to(device)
+    clone.train()
+    for param in clone.parameters():
+        param.grad = None
+    return clone
+
+
+def _forward(module: nn.Module, batch: Batch):
+    try:
+        return module(*batch.args, **batch.kwargs)
+    except DiagnoseError:
+        raise
+    except Exception as exc:
+        shapes = ", ".join("x".join(str(d) for d in s) for s in batch.shapes) or "none"
+        raise DiagnoseError(
+            f"the model's forward failed on inputs of shape {shapes} ({type(exc).__name__}: "
+            f"{_first_line(exc)}); pass inputs it accepts with --input-shape or --inputs"
+        ) from exc
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else ""
+
+
+def _loss_of(output, workload: Workload, spec: LossSpec | None) -> tuple[torch.Tensor, LossSpec]:
+    prediction, model_loss = extract_output(output)
+    if spec is None:
+        spec = resolve_loss(workload.loss, prediction, workload.batch.targets, seed=workload.seed)
+    if model_loss is not None and workload.loss == "auto" and workload.batch.targets is None:
+        return model_loss, spec
+    try:
+        return spec.fn(prediction, spec.targets), spec
+    except DiagnoseError:
+        raise
+    except Exception as exc:
+        raise DiagnoseError(
+            f"the loss ({spec.kind}) failed on an output of shape {tuple(prediction.shape)} "
+            f"({type(exc).__name__}: {_first_line(exc)}); choose one with --loss"
+        ) from exc
+
+
+def _backward(loss: torch.Tensor) -> None:
+    if not loss.requires_grad:
+        raise DiagnoseError(
+            "the loss does not depend on any trainable parameter (is everything frozen, or is the "
+            "output detached?); there are no gradients to diagnose"
+        )
+    try:
+        loss.backward()
+    except Exception as exc:
+        raise DiagnoseError(f"backward failed ({type(exc).__name__}: {_first_line(exc)})") from exc
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Measurements:
+    layers: tuple
+    run_layers: tuple
+    loss: LossTrace
+    nonfinite_loss_step: int | None
+
+
+def measure(module: nn.Module, workload: Workload) -> Measurements:
+    """Probe a copy of `module` at init (forward+backward), then over `workload.steps` steps."""
+    with torch.random.fork_rng(devices=_rng_devices(workload.device)):
+        torch.manual_seed(workload.seed)
+        initial_model = working_copy(module, workload.device)
+        with probes.attach(initial_model) as session:
+            output = _forward(initial_model, workload.batch)
+            loss, spec = _loss_of(output, workload, None)
+            _backward(loss)
+        layers = tuple(session.collect())
+        initial = float(loss.detach())
+        del initial_model, output, loss
+
+        history: list[float] = []
+        run_layers: tuple = ()
+        nonfinite_step = 0 if not math.isfinite(initial) else None
+        if workload.steps > 0:
+            torch.manual_seed(workload.seed)
+            run_model = working_copy(module, workload.device)
+            optimizer = make_optimizer(workload.optimizer, run_model.parameters(), workload.lr)
+            scheduler = _warmup(optimizer, workload.warmup_steps)
+            with probes.attach(run_model) as session:
+                for step in range(workload.steps):
+                    optimizer.zero_grad(set_to_none=True)
+                    loss, _ = _loss_of(_forward(run_model, workload.batch), workload, spec)
+                    value = float(loss.detach())
+                    history.append(value)
+                    if not math.isfinite(value):
+                        nonfinite_step = step if nonfinite_step is None else nonfinite_step
+                        break  # past a NaN loss every further step is noise
+                    _backward(loss)
+                    if workload.clip_grad_norm is not None:
+                        torch.nn.utils.clip_grad_norm_(run_model.parameters(), workload.clip_grad_norm)
+                    optimizer.step()
+                    if scheduler is not None:
+                        scheduler.step()
+            run_layers = tuple(session.collect())
+            del run_model, optimizer
+    trace = LossTrace(
+        kind="model" if spec.kind == "model" else spec.kind,
+        initial=initial,
+        expected_initial=spec.expected_initial,
+        num_classes=spec.num_classes,
+        final=history[-1] if history else initial,
+        history=tuple(history) if history else (initial,),
+    )
+    return Measurements(layers=layers, run_layers=run_layers, loss=trace, nonfinite_loss_step=nonfinite_step)
+
+
+def _warmup(optimizer, steps: int):
+    if steps <= 0:
+        return None
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / steps))
+
+
+def _rng_devices(device: torch.device) -> list:
+    return [device] if device.type == "cuda" else []
+
+
+def collect_evidence(loaded: LoadedModel, batch: Batch, settings: Settings) -> tuple[Evidence, Workload]:
+    device = resolve_device(settings.device, loaded.module)
+    workload = Workload(
+        batch=batch, loss=settings.loss, steps=settings.steps, optimizer=settings.optimizer,
+        lr=settings.lr, seed=settings.seed, device=device,
+    )
+    measured = measure(loaded.module, workload)
+    params = list(loaded.module.parameters())
+    evidence = Evidence(
+        model=ModelFacts(
+            source=loaded.source,
+            format=loaded.format,
+            parameters=sum(p.numel() for p in params),
+            trainable_parameters=sum(p.numel() for p in params if p.requires_grad),
+            layers=len(measured.layers),
+            limitations=loaded.limitations,
+        ),
+        run=RunInfo(
+            device=str(device),
+            seed=settings.seed,
+            inputs=batch.origin,
+            input_shapes=batch.shapes,
+            loss=measured.loss.kind,
+            steps=settings.steps,
+            optimizer=settings.optimizer,
+            lr=settings.lr,
+            batch_size=batch.shapes[0][0] if batch.shapes and batch.shapes[0] else None,
+            fixed_batch=True,
+        ),
+        layers=measured.layers,
+        run_layers=measured.run_layers,
+        loss=measured.loss,
+        inputs=batch.stats,
+        nonfinite_loss_step=measured.nonfinite_loss_step,
+    )
+    return evidence, workload
