@@ -52,10 +52,11 @@ def load_model(source: "str | Path | torch.nn.Module", *, weights: str | None = 
 
 def _load_source(source: str, *, trust_pickle: bool, device: str) -> LoadedModel:
     from diagnose.loading import sniff
-    from diagnose.loading.factory import build_from_factory, is_factory_spec
+    from diagnose.loading.factory import build_from_factory
+    from diagnose.loading.imports import is_reference
 
     path = Path(source)
-    if not path.exists() and is_factory_spec(source):
+    if not path.exists() and is_reference(source):
         built = build_from_factory(source)
         return LoadedModel(module=built.module.to(device), format="factory", source=source,
                            example_args=_to_device(built.example_args, device),

@@ -6,6 +6,8 @@ import json
 import posixpath
 import warnings
 import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -53,10 +55,8 @@ def load_export(path: Path, *, trust_pickle: bool, device: str) -> ExportContent
     if not trust_pickle:
         check_archive_payloads(path)
     try:
-        # A handle, so torch does not insist on a .pt2 suffix; its own pytree deprecation
-        # warnings while deserializing are not the user's to act on.
-        with path.open("rb") as handle, warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)
+        # A handle, so torch does not insist on a .pt2 suffix.
+        with path.open("rb") as handle, _quiet_torch_deprecations():
             program = torch.export.load(handle)
     except Exception as exc:
         raise DiagnoseError(f"{path} could not be loaded as a torch.export archive ({one_line(exc)}); "
@@ -136,11 +136,20 @@ def _unflatten(program: Any) -> tuple["torch.nn.Module", tuple[str, ...]]:
     import torch
 
     try:
-        return torch.export.unflatten(program), ()
+        with _quiet_torch_deprecations():
+            return torch.export.unflatten(program), ()
     except Exception as exc:  # unflatten rejects some programs; the flat graph still trains
         limitation = ("torch.export.unflatten failed on this program "
                       f"({one_line(exc)}), so layers are the flat graph's, not the original modules")
         return program.module(), (limitation,)
+
+
+@contextmanager
+def _quiet_torch_deprecations() -> Iterator[None]:
+    """torch's own pytree FutureWarnings while (de)serializing are not the user's to act on."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        yield
 
 
 def _example_inputs(program: Any, device: str) -> tuple[tuple | None, dict | None]:
