@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
-from probes.records import LayerRecord
-
-from diagnose.evidence import Evidence
-from diagnose.findings import Verification
+if TYPE_CHECKING:
+    from diagnose.evidence import Evidence
+    from diagnose.findings import Verification
+    from probes.records import LayerRecord
 
 MISSING = "-"
 # Plain decimals read best between these bounds; outside them scientific notation keeps the
