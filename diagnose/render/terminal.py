@@ -139,6 +139,9 @@ def _layer_table(report: Report, *, ascii_only: bool, width: int) -> RenderableT
     # NAME_MIN_WIDTH: rich would otherwise squeeze it to nothing on a narrow terminal.
     others = sum(natural) - natural[1] + len(headers) - 1
     name_width = max(min(natural[1], width - others), min(natural[1], NAME_MIN_WIDTH))
+    for row in rows:
+        row[1] = shorten_middle(row[1], name_width, ascii_only=ascii_only)
+        row[2] = shorten_middle(row[2], natural[2], ascii_only=ascii_only)
 
     table = Table(
         box=_ASCII_SIMPLE_HEAD if ascii_only else box.SIMPLE_HEAD,
@@ -157,7 +160,7 @@ def _layer_table(report: Report, *, ascii_only: bool, width: int) -> RenderableT
             header,
             justify="right" if header in numeric else "left",
             no_wrap=True,
-            overflow="ellipsis",
+            overflow="crop",
             width=name_width if c == 1 else natural[c],
             style=next(bar_styles) if header == "" else None,
         )
@@ -165,6 +168,19 @@ def _layer_table(report: Report, *, ascii_only: bool, width: int) -> RenderableT
         nonfinite = record.activation.nonfinite or record.gradient.nonfinite
         table.add_row(*row, style="red" if nonfinite else None)
     return table
+
+
+def shorten_middle(text: str, width: int, *, ascii_only: bool = False) -> str:
+    """Cut the middle out of a long name: both ends of "encoder.layers.11.attention.output.dense"
+    matter (which block, which sublayer), the middle repeats across rows."""
+    if len(text) <= width:
+        return text
+    mark = "..." if ascii_only else "…"
+    if width <= len(mark):
+        return text[:width]
+    keep = width - len(mark)
+    head = keep // 2
+    return text[:head] + mark + text[len(text) - (keep - head):]
 
 
 def log_bars(values: Sequence[float | None], *, ascii_only: bool = False, cells: int = BAR_CELLS) -> list[str]:
