@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -21,7 +22,11 @@ def load_torchscript(path: Path, *, device: str) -> "torch.jit.ScriptModule":
     import torch
 
     try:
-        return torch.jit.load(str(path), map_location=device)
+        # torch deprecates TorchScript in favour of torch.export: a notice for the model's author,
+        # not something the person running the check can act on.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            return torch.jit.load(str(path), map_location=device)
     except Exception as exc:
         raise DiagnoseError(f"{path} could not be loaded as a TorchScript archive ({one_line(exc)}); "
                             "re-save it with torch.jit.save.") from exc
