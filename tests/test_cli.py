@@ -447,3 +447,39 @@ def test_end_to_end_missing_model_file(runner, tiny_export, tmp_path, monkeypatc
     result = runner.invoke(cli.app, ["check", str(tmp_path / "missing.pt2")])
     assert result.exit_code == 2
     assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1
+
+
+class _FakeStream:
+    def __init__(self, *, tty: bool, encoding: str = "utf-8") -> None:
+        self._tty = tty
+        self.encoding = encoding
+
+    def isatty(self) -> bool:
+        return self._tty
+
+    def fileno(self) -> int:
+        raise OSError("not a real terminal")
+
+
+@pytest.mark.parametrize(
+    "tty, no_color, encoding, ansi, ascii_only",
+    [
+        (True, None, "utf-8", True, False),
+        (True, "1", "utf-8", False, False),
+        (False, None, "utf-8", False, False),
+        (False, None, "ascii", False, True),
+    ],
+)
+def test_terminal_colour_and_charset_follow_the_stream(monkeypatch, tty, no_color, encoding, ansi, ascii_only):
+    from diagnose.render import render_terminal
+
+    if no_color is None:
+        monkeypatch.delenv("NO_COLOR", raising=False)
+    else:
+        monkeypatch.setenv("NO_COLOR", no_color)
+    text = cli._terminal_text(_report(Severity.ERROR), _FakeStream(tty=tty, encoding=encoding), render_terminal)
+    assert ("\x1b[" in text) is ansi
+    if ascii_only:
+        text.encode("ascii")
+    else:
+        assert "█" in text
