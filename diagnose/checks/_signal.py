@@ -1,0 +1,175 @@
+"""Reading signal and gradient flow out of per-layer records: the helpers several checks share.
+
+Pure functions over `LayerRecord`s; no torch. Missing measurements (a TorchScript model has no
+activations) come back as `None` or are left out, never as zeros: unknown is not healthy.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from probes.records import LayerRecord
+
+# Layers whose output carries the signal from one stage to the next and whose parameters shape it.
+FLOW_KINDS = ("linear", "conv", "recurrent", "attention", "embedding")
+# Layers that form a plain feed-forward stack: an un-normalised run of them multiplies the signal's
+# scale by each layer's gain, so init mistakes compound over depth.
+STACK_KINDS = ("linear", "conv")
+# Records of these kinds break a plain stack: they reset or re-mix the signal's scale.
+STACK_BREAKERS = ("norm", "attention", "recurrent", "embedding")
+
+RELU_LIKE = ("relu", "relu6", "leaky_relu", "prelu", "rrelu", "elu", "celu", "gelu", "silu", "mish", "softplus", "hardswish")
+SATURATING = ("sigmoid", "tanh", "hardtanh", "hardsigmoid", "softsign", "logsigmoid")
+
+
+def by_index(layers: Iterable[LayerRecord]) -> list[LayerRecord]:
+    return sorted(layers, key=lambda r: r.index)
+
+
+def numel(shape: Sequence[int] | None) -> int | None:
+    if not shape:
+        return None
+    return math.prod(shape)
+
+
+def is_finite_positive(value: float | None) -> bool:
+    return value is not None and math.isfinite(value) and value > 0.0
+
+
+def output_gradient_norm(record: LayerRecord) -> float | None:
+    """The L2 norm of dLoss/d(output) over the whole output tensor.
+
+    The norm, not the per-element RMS: under a fan-in-preserving init the norm stays level through
+    layers of any width, while the RMS jumps wherever the width changes (a 512-wide hidden layer
+    under a 10-class head has a ~7x smaller RMS for no fault of its own).
+    """
+    rms = record.gradient.output_rms
+    if not is_finite_positive(rms):
+        return None
+    count = numel(record.output_shape)
+    return rms if count is None else rms * math.sqrt(count)
+
+
+def flow_layers(layers: Iterable[LayerRecord]) -> list[LayerRecord]:
+    """Weighted layers that train, in execution order."""
+    return [r for r in by_index(layers) if r.kind in FLOW_KINDS and r.trainable_parameters > 0]
+
+
+def log_linear_change(values: Sequence[float]) -> float:
+    """Total change from the first to the last point of a least-squares line through log10(values).
+
+    A fit over every layer, not one ratio: one odd layer (a wide head, a narrow embedding) cannot
+    make or break the trend.
+    """
+    count = len(values)
+    logs = [math.log10(v) for v in values]
+    mean_x = (count - 1) / 2.0
+    mean_y = sum(logs) / count
+    spread = sum((x - mean_x) ** 2 for x in range(count))
+    slope = sum((x - mean_x) * (y - mean_y) for x, y in enumerate(logs)) / spread
+    return 10.0 ** (slope * (count - 1))
+
+
+def gradient_flow(layers: Iterable[LayerRecord]) -> tuple[list[LayerRecord], list[float]]:
+    """Weighted layers with a measured output gradient, and those gradient norms, input side first."""
+    chosen, norms = [], []
+    for record in flow_layers(layers):
+        norm = output_gradient_norm(record)
+        if norm is not None:
+            chosen.append(record)
+            norms.append(norm)
+    return chosen, norms
+
+
+def plain_runs(layers: Iterable[LayerRecord]) -> list[list[LayerRecord]]:
+    """Maximal runs of consecutive linear/conv layers with no normalisation between them.
+
+    A layer that feeds a normalisation layer ends its run (it is part of the run, since its output is
+    still the signal entering the norm). Layers without a recorded output (weights used functionally
+    inside another module) are left out, since their place in the flow is unknown.
+    """
+    runs: list[list[LayerRecord]] = []
+    current: list[LayerRecord] = []
+    for record in by_index(layers):
+        if record.kind in STACK_BREAKERS:
+            if current:
+                runs.append(current)
+            current = []
+            continue
+        if record.kind not in STACK_KINDS or record.weight is None or record.output_shape is None:
+            continue
+        current.append(record)
+        if record.weight.normalized:
+            runs.append(current)
+            current = []
+    if current:
+        runs.append(current)
+    return runs
+
+
+def preceding_weighted(layers: Sequence[LayerRecord], record: LayerRecord) -> LayerRecord | None:
+    """The last weighted layer that ran before `record` (the one feeding an activation)."""
+    best = None
+    for candidate in layers:
+        if candidate.weight is not None and candidate.kind in STACK_KINDS and candidate.index < record.index:
+            if best is None or candidate.index > best.index:
+                best = candidate
+    return best
+
+
+def units_dim_samples(record: LayerRecord) -> int | None:
+    """How many samples each unit of `record` was judged on (batch x positions), if known."""
+    count = numel(record.output_shape)
+    units = record.activation.units
+    if count is None or not units:
+        return None
+    return count // units
+
+
+def fmt_ratio(value: float) -> str:
+    """A ratio as people say it: 3e-07x, 0.02x, 250x."""
+    if value == 0 or not math.isfinite(value):
+        return f"{value}x"
+    if 0.01 <= value < 1000:
+        return f"{value:.2g}x"
+    return f"{value:.0e}x"
+
+
+def owner_is_activation(layers: Sequence[LayerRecord], record: LayerRecord) -> bool:
+    """Whether a function-call record was made inside an activation module (tanh() inside a GELU)."""
+    if record.source != "function" or not record.owner:
+        return False
+    return any(r.name == record.owner and r.kind == "activation" for r in layers)
+
+
+def activation_trend(run: Sequence[LayerRecord]) -> tuple[float, float] | None:
+    """(last/first ratio, fitted last/first change) of output std along a plain run, if measurable."""
+    stds = [r.activation.std for r in run]
+    if any(not is_finite_positive(s) for s in stds) or len(stds) < 2:
+        return None
+    return stds[-1] / stds[0], log_linear_change(stds)
+
+
+def update_ratios(run_layers: Iterable[LayerRecord]) -> list[tuple[LayerRecord, float]]:
+    """(layer, mean ||dW||/||W|| over the run) for weighted layers whose update was measured.
+
+    Norm and embedding layers are left out: a LayerNorm gain starts at 1 and an embedding's update
+    touches only the rows in the batch, so neither ratio says much about the learning rate.
+    """
+    chosen = []
+    for record in by_index(run_layers):
+        if record.kind not in ("linear", "conv", "recurrent", "attention"):
+            continue
+        if record.update_ratio is not None and math.isfinite(record.update_ratio):
+            chosen.append((record, record.update_ratio))
+    return chosen
+
+
+def relative_loss_change(history: Sequence[float]) -> float | None:
+    """(initial - best later loss) / |initial|: how much of the loss the short run removed."""
+    if len(history) < 2 or not all(math.isfinite(v) for v in history) or history[0] == 0:
+        return None
+    return (history[0] - min(history[1:])) / abs(history[0])

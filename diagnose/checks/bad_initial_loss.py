@@ -1,0 +1,84 @@
+"""The loss at initialisation is far from chance level.
+
+## What it detects
+For a C-class cross-entropy, an untrained network should be about equally unsure of every class,
+so its loss should start near ln C. This check fires when the initial loss is far from it.
+
+## Why it matters
+A loss far above ln C means the network starts out confidently wrong: its logits are large, the
+softmax is saturated, and the first many steps are spent shrinking the last layer instead of
+learning features (the "hockey stick" loss curve). It usually points at a last layer initialised
+too large, inputs that are not scaled, or an activation variance that explodes.
+
+## How it is detected
+|initial loss - ln C| >= `relative_gap` x ln C (default 1.0, TheDeepChecker's bound: for 10 classes,
+an initial loss of 4.6 or more). Only for cross-entropy with a known number of classes (and random
+or real labels); non-finite losses belong to `non-finite`.
+
+## Example
+A ReLU MLP classifier whose last `Linear` was multiplied by 30: its initial loss is ~5.7 where ln 10
+is 2.3.
+
+## Fixes
+`fix-bias-init` (zero the last layer's bias, or set it to the class prior, and shrink its weights),
+`glorot-init` for the last layer, `normalize-inputs` when the inputs are unscaled.
+
+## Options
+`relative_gap`.
+
+## References
+- Karpathy, "A Recipe for Training Neural Networks", 2019 ("verify loss @ init").
+- Ben Braiek & Khomh, "TheDeepChecker", TOSEM 2022 (|L0 - ln C| >= ln C).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
+
+from diagnose.checks._signal import flow_layers
+from diagnose.findings import Finding
+from diagnose.severity import Severity
+
+if TYPE_CHECKING:
+    from diagnose.evidence import Evidence
+
+ID = "bad-initial-loss"
+# TheDeepChecker's bound. Healthy default-init classifiers in our zoo start within 0.4 of ln C;
+# an over-scaled head or unscaled inputs start 2-10x above it.
+RELATIVE_GAP = 1.0
+
+THRESHOLDS: dict[str, float] = {"relative_gap": RELATIVE_GAP}
+
+
+def check(evidence: Evidence, thresholds: Mapping[str, float]) -> list[Finding]:
+    loss = evidence.loss
+    if loss is None or loss.initial is None or not loss.expected_initial:
+        return []
+    if not math.isfinite(loss.initial) or loss.expected_initial <= 0:
+        return []
+    gap = loss.initial - loss.expected_initial
+    if abs(gap) < thresholds["relative_gap"] * loss.expected_initial:
+        return []
+    weighted = flow_layers(evidence.layers)
+    head = weighted[-1].name if weighted else None
+    direction = "above" if gap > 0 else "below"
+    return [
+        Finding(
+            id=ID,
+            severity=Severity.WARNING,
+            title="Initial loss is far from chance level",
+            message=(
+                f"initial loss {loss.initial:.3g} is {abs(gap):.3g} {direction} ln {loss.num_classes or 'C'} = "
+                f"{loss.expected_initial:.3g}, the loss of uniform predictions"
+            ),
+            layers=(head,) if head else (),
+            evidence={
+                "initial_loss": loss.initial,
+                "expected_initial": loss.expected_initial,
+                "relative_gap": abs(gap) / loss.expected_initial,
+                "num_classes": loss.num_classes,
+            },
+        )
+    ]

@@ -1,0 +1,87 @@
+"""A hidden layer is much narrower than its neighbours.
+
+## What it detects
+In a chain of dense layers, a hidden width far smaller than both the width coming in and the width
+going out (784-512-4-512-10: the 4-unit layer).
+
+## Why it matters
+Whatever the layers after a bottleneck need must pass through its few units; information that does
+not fit is lost for good, however wide the later layers are. Such a layer caps the model's capacity
+and, with ReLU, a few dead units can cut the path completely. It is sometimes intended
+(autoencoder codes, adapters); if so, ignore it for that layer.
+
+## How it is detected
+Consecutive `Linear`-kind layers form a chain when one's `fan_out` equals the next one's `fan_in`.
+A hidden width h (the output of a layer that feeds another chained layer) is a bottleneck when
+`ratio` x h <= min(width in, width out), with `ratio` = 8. Conv channels are not judged (their
+spatial extent carries information too).
+
+## Example
+`nn.Sequential(nn.Linear(784, 512), nn.ReLU(), nn.Linear(512, 4), nn.ReLU(), nn.Linear(4, 512),
+nn.ReLU(), nn.Linear(512, 10))`.
+
+## Fixes
+`widen-layer`.
+
+## Options
+`ratio`.
+
+## References
+- Géron, "Hands-On Machine Learning", ch. 10 (too few neurons in a layer lose information that
+  later layers cannot recover; prefer wide "stretch pants" layers and let regularisation trim).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
+
+from diagnose.checks._signal import by_index
+from diagnose.findings import Finding
+from diagnose.severity import Severity
+
+if TYPE_CHECKING:
+    from diagnose.evidence import Evidence
+
+ID = "bottleneck-layer"
+# 8x narrower than both neighbours. Transformer FFNs widen 4x and come back (never narrower);
+# LoRA-style adapters and autoencoder codes are far narrower and deliberate, hence a warning, not an
+# error, and per-layer ignores for them.
+RATIO = 8.0
+
+THRESHOLDS: dict[str, float] = {"ratio": RATIO}
+
+
+def check(evidence: Evidence, thresholds: Mapping[str, float]) -> list[Finding]:
+    dense = [
+        r for r in by_index(evidence.layers)
+        if r.kind == "linear" and r.weight is not None and r.weight.fan_in and r.weight.fan_out and r.output_shape
+    ]
+    findings = []
+    for layer, following in zip(dense, dense[1:]):
+        if layer.weight.fan_out != following.weight.fan_in:
+            continue
+        width = layer.weight.fan_out
+        neighbours = min(layer.weight.fan_in, following.weight.fan_out)
+        if thresholds["ratio"] * width > neighbours:
+            continue
+        findings.append(
+            Finding(
+                id=ID,
+                severity=Severity.WARNING,
+                title="A hidden layer is a bottleneck",
+                message=(
+                    f"{layer.name} narrows {layer.weight.fan_in} features to {width} before "
+                    f"{following.name} widens them to {following.weight.fan_out}"
+                ),
+                layers=(layer.name,),
+                evidence={
+                    "width": width,
+                    "width_in": layer.weight.fan_in,
+                    "width_out": following.weight.fan_out,
+                    "narrowing": neighbours / width,
+                    "next_layer": following.name,
+                },
+            )
+        )
+    return findings

@@ -1,0 +1,103 @@
+"""Gradients explode toward the input.
+
+## What it detects
+The gradient carried back to each weighted layer grows by orders of magnitude from the last layer
+to the first, or a layer's parameter gradient is huge in absolute terms.
+
+## Why it matters
+When each layer multiplies the backward signal by more than one (weights too large for the
+activation, a chaotic tanh regime, a long recurrence), the product grows geometrically with depth.
+The first layers then take steps so large that one update wrecks them; the loss jumps or turns into
+NaN after a few steps.
+
+## How it is detected
+Same measure as `vanishing-gradients`: the norm of dLoss/d(output) of every trainable weighted
+layer at initialisation, with a log-linear fit over execution order. It fires when both the fitted
+first/last change and the plain first/last ratio exceed `ratio` (default 70, AUTOTRAINER's beta_3),
+or when any layer's parameter-gradient RMS exceeds `huge_rms` (1e6, TheDeepChecker's bound).
+
+## Example
+Ten `Linear(32, 32)` + `ReLU` layers initialised at 3x the He std: the gradient at the first layer
+is ~5e4x the one at the head.
+
+## Fixes
+`gradient-clipping`, `lower-lr`, `he-init` / `glorot-init` (proper init; first when the weights are
+measurably too large), `batch-norm`. For recurrent networks clipping comes first and batch norm is
+not offered.
+
+## Options
+`ratio`, `huge_rms`, `min_layers`.
+
+## References
+- Pascanu, Mikolov & Bengio, "On the difficulty of training recurrent neural networks", 2013.
+- Zhang et al., "AUTOTRAINER", ICSE 2021 (exploding ratio 70, 100 % precision for 40-100).
+- Ben Braiek & Khomh, "TheDeepChecker", TOSEM 2022 (gradient magnitude > 1e6).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
+
+from diagnose.checks._signal import flow_layers, fmt_ratio, gradient_flow, log_linear_change
+from diagnose.findings import Finding
+from diagnose.severity import Severity
+
+if TYPE_CHECKING:
+    from diagnose.evidence import Evidence
+
+ID = "exploding-gradients"
+# AUTOTRAINER's beta_3 (its paper reports 100 % precision and recall anywhere in 40-100). Our healthy
+# zoo peaks at ~4x (GPT-style nets, where LayerNorm scales the gradient up by 1/std of a small
+# residual stream); 3x-He ReLU stacks reach 5e4x.
+RATIO = 70.0
+# TheDeepChecker flags gradients above 1e6: at any sane learning rate such a step destroys the weights.
+HUGE_RMS = 1e6
+MIN_LAYERS = 3
+
+THRESHOLDS: dict[str, float] = {"ratio": RATIO, "huge_rms": HUGE_RMS, "min_layers": MIN_LAYERS}
+
+
+def check(evidence: Evidence, thresholds: Mapping[str, float]) -> list[Finding]:
+    layers, norms = gradient_flow(evidence.layers)
+    if len(norms) >= max(int(thresholds["min_layers"]), 2):
+        ratio_first_last = norms[0] / norms[-1]
+        fitted = 1.0 / log_linear_change(norms)
+        if ratio_first_last >= thresholds["ratio"] and fitted >= thresholds["ratio"]:
+            return [
+                Finding(
+                    id=ID,
+                    severity=Severity.ERROR,
+                    title="Gradients explode toward the input",
+                    message=(
+                        f"gradient norm grows {fmt_ratio(ratio_first_last)} from {layers[-1].name} "
+                        f"to {layers[0].name} over {len(layers)} weighted layers"
+                    ),
+                    layers=tuple(r.name for r in layers),
+                    evidence={
+                        "ratio_first_last": ratio_first_last,
+                        "fitted_ratio": fitted,
+                        "first_gradient_norm": norms[0],
+                        "last_gradient_norm": norms[-1],
+                        "weighted_layers": len(layers),
+                    },
+                )
+            ]
+    huge = [
+        r for r in flow_layers(evidence.layers)
+        if r.gradient.rms is not None and math.isfinite(r.gradient.rms) and r.gradient.rms > thresholds["huge_rms"]
+    ]
+    if not huge:
+        return []
+    worst = max(huge, key=lambda r: r.gradient.rms)
+    return [
+        Finding(
+            id=ID,
+            severity=Severity.ERROR,
+            title="Gradients are huge",
+            message=f"gradient RMS of {worst.name} is {worst.gradient.rms:.3g}",
+            layers=tuple(r.name for r in huge),
+            evidence={"max_gradient_rms": worst.gradient.rms},
+        )
+    ]

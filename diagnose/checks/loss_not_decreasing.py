@@ -1,0 +1,79 @@
+"""The loss does not decrease over the short run.
+
+## What it detects
+Over the short training run (the same batch at every step, by default), the loss never goes
+meaningfully below where it started.
+
+## Why it matters
+A network that cannot lower its loss on the single batch it keeps seeing will not learn a dataset
+either: this is Karpathy's "overfit one batch" test. Usual causes are a learning rate far off,
+gradients that do not reach the weights (vanishing, detached, dead units), a loss wired to the wrong
+output, or an optimizer that stalls.
+
+## How it is detected
+Needs at least `min_steps` (5) steps. Fires when the best loss after the first step is less than
+`min_decrease` (1 %) below the initial loss. A run whose loss diverges or turns NaN is
+`lr-too-high`'s finding and is not repeated here. With a fresh batch per step (`fixed_batch` false)
+the bar is the same but noise makes it weaker evidence; the message says so.
+
+## Example
+A deep sigmoid network whose gradients vanish, or any model with lr=1e-7.
+
+## Fixes
+`higher-lr` when updates are tiny, `lower-lr` when they are large, `change-optimizer`,
+`lr-schedule`, `normalize-inputs` when inputs are unscaled.
+
+## Options
+`min_steps`, `min_decrease`.
+
+## References
+- Karpathy, "A Recipe for Training Neural Networks", 2019 (overfit one batch).
+- Ben Braiek & Khomh, "TheDeepChecker", TOSEM 2022 (< 5 % decrease per window of 5).
+- AWS SageMaker Debugger, LossNotDecreasing (diff_percent 0.1 %).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
+
+from diagnose.checks._signal import relative_loss_change, update_ratios
+from diagnose.findings import Finding
+from diagnose.severity import Severity
+
+if TYPE_CHECKING:
+    from diagnose.evidence import Evidence
+
+ID = "loss-not-decreasing"
+# Fewer steps than this say little about a trend.
+MIN_STEPS = 5
+# On a single repeated batch even plain SGD at 0.01 removes several percent of the loss within 10-20
+# steps; under 1 % the run has stalled. (TheDeepChecker asks 5 % per window, over a longer run.)
+MIN_DECREASE = 0.01
+
+THRESHOLDS: dict[str, float] = {"min_steps": MIN_STEPS, "min_decrease": MIN_DECREASE}
+
+
+def check(evidence: Evidence, thresholds: Mapping[str, float]) -> list[Finding]:
+    run = evidence.run
+    if run.steps == 0 or run.steps < thresholds["min_steps"] or evidence.loss is None:
+        return []
+    history = evidence.loss.history
+    if evidence.nonfinite_loss_step is not None or any(not math.isfinite(v) for v in history):
+        return []  # divergence: lr-too-high
+    change = relative_loss_change(history)
+    if change is None or change >= thresholds["min_decrease"]:
+        return []
+    if history[-1] >= 2.0 * min(history) and history[-1] > history[0]:
+        return []  # diverging: lr-too-high
+    ratios = update_ratios(evidence.run_layers)
+    largest = max((v for _, v in ratios), default=None)
+    note = "" if run.fixed_batch else " (fresh batch per step: noisy)"
+    return [Finding(
+        id=ID, severity=Severity.WARNING, title="The loss does not decrease",
+        message=(f"the loss went from {history[0]:.4g} to {history[-1]:.4g} in {run.steps} steps "
+                 f"(best {min(history):.4g}, {change:.2%} lower; {run.optimizer}, lr={run.lr:g}){note}"),
+        evidence={"initial_loss": history[0], "final_loss": history[-1], "decrease": change,
+                  "max_update_ratio": largest, "lr": run.lr, "optimizer": run.optimizer, "steps": run.steps},
+    )]

@@ -1,0 +1,92 @@
+"""The learning rate is too high.
+
+## What it detects
+During the short training run the loss diverges (it ends well above its best value and above where
+it started) or turns NaN/Inf, or the weight updates are a large share of the weights themselves.
+
+## Why it matters
+With too large a step, gradient descent overshoots the valley it is in: the loss bounces up,
+ReLU units get knocked into the dead zone, and floats overflow to Inf and NaN. Updates that are more
+than a tenth of the weights at each step mean the network is being rewritten, not tuned.
+
+## How it is detected
+Needs `--steps` > 0. Error: a non-finite loss at some step, or a final loss at least
+`divergence` (2x, TheDeepChecker's bound) times the lowest loss seen and above the initial one.
+Warning: the largest mean update ratio ||dW||/||W|| over linear/conv/recurrent/attention layers
+above `update_ratio` (0.1, the upper bound of DeepDiagnosis and TheDeepChecker).
+
+## Example
+An MLP trained with SGD at lr=10: the loss goes to NaN within a few steps.
+
+## Fixes
+`lower-lr`, `lr-warmup`, `gradient-clipping`, `lr-schedule`.
+
+## Options
+`divergence`, `update_ratio`.
+
+## References
+- Ben Braiek & Khomh, "TheDeepChecker", TOSEM 2022 (diverging loss >= 2x the minimum; update
+  log10 in [-4, -1]).
+- Wardat et al., "DeepDiagnosis", ICSE 2022 (effective LR ratio > 1e-1).
+- Karpathy, CS231n notes (update/weight ratio ~1e-3 is healthy).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
+
+from diagnose.checks._signal import update_ratios
+from diagnose.findings import Finding
+from diagnose.severity import Severity
+
+if TYPE_CHECKING:
+    from diagnose.evidence import Evidence
+
+ID = "lr-too-high"
+# TheDeepChecker calls a loss diverging when it reaches twice its minimum.
+DIVERGENCE = 2.0
+# Updates above a tenth of the weights per step: DeepDiagnosis's and TheDeepChecker's upper bound.
+# Healthy SGD/Adam runs sit near 1e-3.
+UPDATE_RATIO = 0.1
+
+THRESHOLDS: dict[str, float] = {"divergence": DIVERGENCE, "update_ratio": UPDATE_RATIO}
+
+
+def check(evidence: Evidence, thresholds: Mapping[str, float]) -> list[Finding]:
+    run = evidence.run
+    if run.steps == 0:
+        return []
+    history = evidence.loss.history if evidence.loss is not None else ()
+    numbers = {"lr": run.lr, "optimizer": run.optimizer, "steps": run.steps}
+    nonfinite_step = evidence.nonfinite_loss_step
+    if nonfinite_step is None:
+        nonfinite_step = next((i for i, v in enumerate(history) if not math.isfinite(v)), None)
+    if nonfinite_step is not None:
+        return [Finding(
+            id=ID, severity=Severity.ERROR, title="The loss diverges",
+            message=f"the loss became NaN/Inf at step {nonfinite_step} of {run.steps} ({run.optimizer}, lr={run.lr:g})",
+            evidence={**numbers, "nonfinite_step": nonfinite_step},
+        )]
+    if len(history) >= 2:
+        best, final, initial = min(history), history[-1], history[0]
+        if best > 0 and final >= thresholds["divergence"] * best and final > initial:
+            return [Finding(
+                id=ID, severity=Severity.ERROR, title="The loss diverges",
+                message=(f"the loss rose from {initial:.3g} to {final:.3g} in {run.steps} steps "
+                         f"(best {best:.3g}; {run.optimizer}, lr={run.lr:g})"),
+                evidence={**numbers, "initial_loss": initial, "final_loss": final, "best_loss": best},
+            )]
+    ratios = update_ratios(evidence.run_layers)
+    high = [(r, v) for r, v in ratios if v > thresholds["update_ratio"]]
+    if not high:
+        return []
+    worst, value = max(high, key=lambda item: item[1])
+    return [Finding(
+        id=ID, severity=Severity.WARNING, title="Weight updates are too large",
+        message=(f"each step changes {worst.name} by {value:.2g} of its norm on average "
+                 f"({run.optimizer}, lr={run.lr:g}); ~1e-3 is typical"),
+        layers=tuple(r.name for r, _ in high),
+        evidence={**numbers, "max_update_ratio": value},
+    )]

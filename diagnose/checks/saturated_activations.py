@@ -1,0 +1,95 @@
+"""Sigmoid/tanh-like activations are saturated.
+
+## What it detects
+A large share of the outputs of a bounded activation (sigmoid, tanh, hardtanh, hardsigmoid,
+softsign) sit at its asymptotes, where its derivative is close to zero.
+
+## Why it matters
+A saturated unit passes back almost no gradient: the layers below it stop learning, and the unit
+itself can only leave the flat zone very slowly. Saturation comes from pre-activations that are too
+large: weights drawn with too large a std (N(0, 1) instead of Glorot), large biases, or inputs that
+are not standardised.
+
+## How it is detected
+The probes measure, per bounded activation output, the share of values in the flat zone
+(sigmoid / hardsigmoid below 0.01 or above 0.99, tanh / softsign beyond +-0.99, hardtanh at its
+bounds). The check fires from `saturated_fraction` (0.5, as SageMaker Debugger and TheDeepChecker)
+at initialisation or over the short run, and reports an error from `saturated_fraction_error`
+(0.9). A `tanh()` called inside an activation module (the tanh approximation of GELU) is not judged
+on its own.
+
+## Example
+Six `Linear(64, 64)` + `Tanh` layers with weights from N(0, 1): pre-activations have a std of ~8
+and most units sit at +-1.
+
+## Fixes
+`glorot-init` when the weights are too large, `relu` (with He init), `batch-norm`, `fix-bias-init`
+when biases push the units to the bounds, `normalize-inputs` when real inputs are unscaled.
+
+## Options
+`saturated_fraction`, `saturated_fraction_error`.
+
+## References
+- Glorot & Bengio, 2010 (saturation of the top sigmoid layer).
+- AWS SageMaker Debugger, SaturatedActivation rule (threshold_layer 50 %).
+- Ben Braiek & Khomh, "TheDeepChecker", TOSEM 2022 (saturated > 50 % of neurons).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
+
+from diagnose.checks._signal import by_index, owner_is_activation
+from diagnose.findings import Finding
+from diagnose.severity import Severity
+
+if TYPE_CHECKING:
+    from diagnose.evidence import Evidence
+
+ID = "saturated-activations"
+# SageMaker Debugger and TheDeepChecker: more than half of a layer's units in the flat zone.
+# Our healthy tanh + Glorot stack has ~0 % saturated; tanh with N(0, 1) weights has > 80 %.
+SATURATED_FRACTION = 0.5
+# Nine in ten outputs flat: the layer passes back almost no gradient at all.
+SATURATED_FRACTION_ERROR = 0.9
+
+THRESHOLDS: dict[str, float] = {
+    "saturated_fraction": SATURATED_FRACTION,
+    "saturated_fraction_error": SATURATED_FRACTION_ERROR,
+}
+
+
+def check(evidence: Evidence, thresholds: Mapping[str, float]) -> list[Finding]:
+    layers = by_index(evidence.layers)
+    run_by_name = {r.name: r for r in evidence.run_layers}
+    saturated: list[tuple[str, float, str, str | None]] = []
+    for record in layers:
+        if owner_is_activation(layers, record):
+            continue
+        at_init = record.activation.saturated_fraction
+        run_record = run_by_name.get(record.name)
+        over_run = run_record.activation.saturated_fraction if run_record is not None else None
+        if at_init is not None and at_init >= thresholds["saturated_fraction"]:
+            saturated.append((record.name, at_init, "init", record.activation_kind))
+        elif over_run is not None and over_run >= thresholds["saturated_fraction"]:
+            saturated.append((record.name, over_run, "run", record.activation_kind))
+    if not saturated:
+        return []
+    name, fraction, when, family = max(saturated, key=lambda item: item[1])
+    severity = Severity.ERROR if fraction >= thresholds["saturated_fraction_error"] else Severity.WARNING
+    phase = "at initialisation" if when == "init" else "during the short run"
+    return [
+        Finding(
+            id=ID,
+            severity=severity,
+            title="Activations are saturated",
+            message=f"{fraction:.0%} of {family or 'activation'} outputs in {name} are pinned at a bound {phase}",
+            layers=tuple(item[0] for item in saturated),
+            evidence={
+                "max_saturated_fraction": fraction,
+                "saturated_layers": len(saturated),
+                "activation": family,
+            },
+        )
+    ]
