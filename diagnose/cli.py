@@ -115,7 +115,7 @@ def check(
         }
         settings = validate_settings(build_settings(flags, config))
         if settings.select or settings.ignore or settings.thresholds or settings.per_layer_ignores:
-            validate_settings(settings, known_check_ids())
+            validate_settings(settings, known_check_ids(), known_threshold_names())
         _require_writable(settings)
 
         from diagnose import api  # imports torch: only here, never for --help/list/explain
@@ -131,6 +131,13 @@ def known_check_ids() -> tuple[str, ...]:
     from diagnose.checks import CHECKS
 
     return tuple(entry.id for entry in CHECKS)
+
+
+def known_threshold_names() -> dict[str, tuple[str, ...]]:
+    """Check id -> the names of its thresholds that `[tool.diagnose.thresholds.<id>]` may set."""
+    from diagnose.checks import CHECKS
+
+    return {entry.id: tuple(getattr(entry, "thresholds", None) or ()) for entry in CHECKS}
 
 
 def _require_writable(settings: Settings) -> None:

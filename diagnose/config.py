@@ -321,11 +321,17 @@ def build_settings(
     return Settings(**values)
 
 
-def validate_settings(settings: Settings, check_ids: Collection[str] | None = None) -> Settings:
+def validate_settings(
+    settings: Settings,
+    check_ids: Collection[str] | None = None,
+    threshold_names: Mapping[str, Collection[str]] | None = None,
+) -> Settings:
     """Raise `DiagnoseError` for the first option that cannot work; return the settings unchanged.
 
     `check_ids` are the known check ids; when given, ids in select/ignore/thresholds/per-layer
-    ignores are checked against them.
+    ignores are checked against them. `threshold_names` (check id -> its threshold names), when
+    given, checks the names in `thresholds`. Both come from the checks registry; passing them lets
+    a typo fail before the model is loaded and run.
     """
     _require_choice("--optimizer", settings.optimizer, OPTIMIZERS)
     _require_choice("--device", settings.device, DEVICES)
@@ -351,7 +357,19 @@ def validate_settings(settings: Settings, check_ids: Collection[str] | None = No
         _require_known_ids("--ignore", settings.ignore, check_ids)
         _require_known_ids("thresholds", tuple(settings.thresholds), check_ids)
         for pattern, ids in settings.per_layer_ignores.items():
-            _require_known_ids(f"per-layer-ignores[{pattern!r}]", ids, check_ids)
+            # "*" means every check for that layer
+            _require_known_ids(f"per-layer-ignores[{pattern!r}]", [i for i in ids if i != "*"], check_ids)
+    if threshold_names is not None:
+        for check_id, overrides in settings.thresholds.items():
+            valid = threshold_names.get(check_id)
+            if valid is None:
+                continue
+            unknown = [name for name in overrides if name.replace("-", "_") not in valid]
+            if unknown:
+                raise DiagnoseError(
+                    f"unknown threshold(s) {', '.join(unknown)} for check {check_id}; "
+                    f"valid names: {', '.join(valid) or 'none'} (see `diagnose explain {check_id}`)"
+                )
     return settings
 
 

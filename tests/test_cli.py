@@ -57,6 +57,7 @@ def runner() -> CliRunner:
 @pytest.fixture
 def known_ids(monkeypatch):
     monkeypatch.setattr(cli, "known_check_ids", lambda: CONTRACT_CHECK_IDS)
+    monkeypatch.setattr(cli, "known_threshold_names", lambda: {"dead-relu": ("dead_fraction",)})
 
 
 @pytest.fixture
@@ -289,6 +290,9 @@ def test_explicit_config_path(runner, fake_run, tmp_path):
         ("[tool.diagnose]\ntrust-pickle = true\n", "--trust-pickle on the command line"),
         ("[tool.diagnose]\nselect = ['dead-relu', 'bogus']\n", "bogus"),
         ('[tool.diagnose.per-layer-ignores]\n"fc" = ["bogus"]\n', "per-layer-ignores"),
+        ("[tool.diagnose.thresholds.dead-relu]\ndead_fraktion = 0.6\n", "valid names: dead_fraction"),
+        ("[tool.diagnose.thresholds.bogus]\nx = 1\n", "bogus"),
+        ("[tool.diagnose.thresholds.dead-relu]\ndead_fraction = 'high'\n", "must be a number"),
         ("[tool.diagnose\n", "not valid TOML"),
     ],
 )
@@ -299,6 +303,14 @@ def test_bad_pyproject_exits_2(runner, fake_run, tmp_path, body, words):
     assert result.exit_code == 2, result.output
     assert words in result.stderr and result.stderr.count("\n") == 1
     assert calls == []
+
+
+def test_per_layer_ignore_of_every_check(runner, fake_run, tmp_path):
+    calls = fake_run(_report())
+    (tmp_path / "pyproject.toml").write_text('[tool.diagnose.per-layer-ignores]\n"head.*" = ["*"]\n')
+    result = runner.invoke(cli.app, ["check", "model.pt2"])
+    assert result.exit_code == 0, result.output
+    assert calls[0].per_layer_ignores == {"head.*": ("*",)}
 
 
 def test_missing_config_file_exits_2(runner, fake_run, tmp_path):
