@@ -1,0 +1,549 @@
+"""Apply one recommended fix to a fresh copy of a model, so `--try-fixes` can measure its effect.
+
+`apply_fix(fix_id, module, workload, layers)` returns a `FixTrial`: a fixed deep copy of the
+module plus the workload to run it with (a fix may change the model, the optimiser settings or
+the batch). The user's module is never modified. A fix that cannot be applied to this model
+automatically raises `FixNotApplicable` with the reason in one sentence.
+
+Fixes are applied on the module tree, by qualified name, so they work alike on eager models and
+on `torch.export` archives rebuilt by `unflatten` (whose submodules are `InterpreterModule`s: their
+original class is read from the graph's `nn_module_stack` metadata). Activations called as
+functions (`F.relu`, `torch.sigmoid`, `aten.sigmoid.default` in an exported graph) have no module
+to replace, so an activation swap also installs a `TorchFunctionMode` that substitutes the
+function while the fixed copy's forward runs.
+
+`layers` are the probe records of the original model at initialisation: they say which weighted
+layer is the output layer, which activation runs after it (left alone: it defines the output's
+range, not the hidden dynamics), and how many functional activation calls one forward makes.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.overrides import TorchFunctionMode
+
+from diagnose.run import Workload
+from probes.records import LayerRecord
+from probes.targets import (
+    ACTIVATION_MODULES,
+    CONV_TYPES,
+    LINEAR_TYPES,
+    exported_type_names,
+    function_family,
+    kind_of,
+    type_name_of,
+)
+
+# Saturating activations: the ones `relu` replaces (their derivative vanishes at both ends).
+SATURATING_FAMILIES = frozenset({"sigmoid", "tanh", "hardtanh", "hardsigmoid", "softsign", "logsigmoid"})
+# Units of these families can die (exactly zero gradient below zero): what leaky-relu/elu replace.
+DYING_FAMILIES = frozenset({"relu", "relu6"})
+# SELU's self-normalisation needs every hidden activation to be SELU, so it replaces them all.
+ALL_FAMILIES = frozenset(ACTIVATION_MODULES.values())
+
+# The LeakyReLU slope PyTorch and Keras default to; small enough to keep ReLU's sparsity.
+LEAKY_SLOPE = 0.01
+# Gradient clipping by global norm at 1.0: the value most recipes (and clip_grad_norm_ examples)
+# start from; it only bites on steps whose gradient is unusually large.
+CLIP_GRAD_NORM = 1.0
+# lower-lr / higher-lr move the learning rate by one decade, the step of an LR range search.
+LR_FACTOR = 10.0
+# Warm up over the first quarter of the short run: long enough to tame the first large updates,
+# short enough that most of the run is spent at the full learning rate.
+WARMUP_FRACTION = 0.25
+# change-optimizer: Adam at its standard learning rate, the robust default for deep nets (the
+# notes: adaptive, stable, widely used). Away from Adam itself, SGD with momentum 0.9.
+ADAM_LR = 1e-3
+ADAPTIVE_OPTIMIZERS = frozenset({"adam", "adamw", "nadam"})
+# Input standardisation divides by the std; a constant feature would divide by zero.
+MIN_STD = 1e-8
+
+# Fixes that change the architecture in ways only the model's author can do soundly.
+NOT_AUTOMATIC: dict[str, str] = {
+    "residual-connections": (
+        "adding skip connections changes the model's structure and needs matching shapes at "
+        "each junction; add them in the model's code"
+    ),
+    "widen-layer": (
+        "widening a layer changes the shapes of the layers on both sides; change the width in "
+        "the model's code"
+    ),
+    "lr-schedule": (
+        "a schedule pays off over many epochs, which a short run of a few steps cannot show"
+    ),
+}
+
+
+class FixNotApplicable(Exception):
+    """This fix cannot be applied automatically to this model; the message says why."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FixTrial:
+    """A fixed copy of the model and the workload to measure it with."""
+
+    module: nn.Module
+    workload: Workload
+    change: str  # what was done, in words: "replaced 7 sigmoid activations with relu; He init on 8 layers"
+
+
+def apply_fix(fix_id: str, module: nn.Module, workload: Workload, layers: Sequence[LayerRecord]) -> FixTrial:
+    """Apply `fix_id` to a deep copy of `module` (and/or to the workload); raise FixNotApplicable."""
+    if fix_id in NOT_AUTOMATIC:
+        raise FixNotApplicable(NOT_AUTOMATIC[fix_id])
+    if fix_id in _WORKLOAD_FIXES:
+        new_workload, change = _WORKLOAD_FIXES[fix_id](workload)
+        return FixTrial(module=module, workload=new_workload, change=change)
+    if fix_id == "normalize-inputs":
+        batch, change = standardize_batch(workload.batch)
+        return FixTrial(module=module, workload=replace(workload, batch=batch), change=change)
+    if fix_id not in _MODEL_FIXES:
+        raise FixNotApplicable(f"diagnose does not know how to apply {fix_id!r} automatically")
+    if isinstance(module, torch.jit.ScriptModule):
+        raise FixNotApplicable("a TorchScript model's structure and forward cannot be rebuilt; apply it in the source")
+    fixed = copy.deepcopy(module)
+    with torch.random.fork_rng(devices=[workload.device] if workload.device.type == "cuda" else []):
+        torch.manual_seed(workload.seed)  # re-initialisation is reproducible and leaves the global RNG alone
+        change = _MODEL_FIXES[fix_id](fixed, layers)
+    return FixTrial(module=fixed, workload=workload, change=change)
+
+
+# ---------------------------------------------------------------------------------------------
+# The module tree
+
+
+@dataclass(frozen=True, slots=True)
+class _Node:
+    name: str
+    module: nn.Module
+    type_name: str  # the eager class name, also for InterpreterModules
+    kind: str | None
+
+
+def _nodes(model: nn.Module) -> list[_Node]:
+    """Every registration of every module (shared modules under each name), with its eager type."""
+    exported = exported_type_names(model)
+    nodes = []
+    for name, module in model.named_modules(remove_duplicate=False):
+        type_name = type_name_of(module, name, exported)
+        has_params = any(True for _ in module.parameters(recurse=False))
+        nodes.append(_Node(name, module, type_name, kind_of(type_name, has_params)))
+    return nodes
+
+
+def _weighted(model: nn.Module) -> list[_Node]:
+    """Linear and convolution layers: the ones an init scheme or batch norm applies to."""
+    seen: set[int] = set()
+    weighted = []
+    for node in _nodes(model):
+        if node.kind in ("linear", "conv") and id(node.module) not in seen:
+            weight = getattr(node.module, "weight", None)
+            if isinstance(weight, torch.Tensor) and weight.dim() >= 2:
+                seen.add(id(node.module))
+                weighted.append(node)
+    return weighted
+
+
+def _set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, new)
+
+
+def _last_weighted_index(layers: Sequence[LayerRecord]) -> int | None:
+    indices = [r.index for r in layers if r.kind in ("linear", "conv") and r.weight is not None]
+    return max(indices) if indices else None
+
+
+# ---------------------------------------------------------------------------------------------
+# Initialisation schemes
+
+
+def reinitialize(model: nn.Module, scheme: str, *, leaky_slope: float = 0.0) -> int:
+    """Re-draw every linear/conv weight from `scheme`'s normal distribution, biases to zero."""
+    count = 0
+    for node in _weighted(model):
+        weight = node.module.weight
+        with torch.no_grad():
+            if scheme == "he":
+                nonlinearity = "leaky_relu" if leaky_slope else "relu"
+                nn.init.kaiming_normal_(weight, a=leaky_slope, nonlinearity=nonlinearity)
+            elif scheme == "glorot":
+                nn.init.xavier_normal_(weight)
+            elif scheme == "lecun":
+                fan_in = nn.init._calculate_fan_in_and_fan_out(weight)[0]
+                nn.init.normal_(weight, 0.0, 1.0 / math.sqrt(fan_in))
+            else:
+                raise ValueError(f"unknown init scheme {scheme!r}")
+            bias = getattr(node.module, "bias", None)
+            if isinstance(bias, torch.Tensor):
+                bias.zero_()
+        count += 1
+    if count == 0:
+        raise FixNotApplicable("the model has no linear or convolution layer to re-initialise")
+    return count
+
+
+def _init_fix(scheme: str, label: str) -> Callable[[nn.Module, Sequence[LayerRecord]], str]:
+    def fix(model: nn.Module, layers: Sequence[LayerRecord]) -> str:
+        count = reinitialize(model, scheme)
+        return f"{label} initialisation on {count} layer{'s' if count != 1 else ''}, biases zeroed"
+
+    return fix
+
+
+def zero_biases(model: nn.Module, layers: Sequence[LayerRecord]) -> str:
+    """Reset every linear/conv bias to zero, the neutral start that puts no unit in a dead or flat zone."""
+    count = 0
+    for node in _weighted(model):
+        bias = getattr(node.module, "bias", None)
+        if isinstance(bias, torch.Tensor):
+            with torch.no_grad():
+                bias.zero_()
+            count += 1
+    if count == 0:
+        raise FixNotApplicable("the model's linear and convolution layers have no biases to reset")
+    return f"biases of {count} layer{'s' if count != 1 else ''} reset to zero"
+
+
+# ---------------------------------------------------------------------------------------------
+# Activation swaps
+
+
+@dataclass(frozen=True, slots=True)
+class _Swap:
+    family: str  # the new activation's family
+    sources: frozenset[str]  # families it replaces
+    scheme: str  # the init the new activation needs
+
+
+_SWAPS: dict[str, _Swap] = {
+    "relu": _Swap("relu", SATURATING_FAMILIES, "he"),
+    "leaky-relu": _Swap("leaky_relu", SATURATING_FAMILIES | DYING_FAMILIES, "he"),
+    "elu": _Swap("elu", SATURATING_FAMILIES | DYING_FAMILIES, "he"),
+    "selu": _Swap("selu", ALL_FAMILIES - {"selu"}, "lecun"),
+}
+
+_NEW_MODULE: dict[str, Callable[[], nn.Module]] = {
+    "relu": nn.ReLU,
+    "leaky_relu": lambda: nn.LeakyReLU(LEAKY_SLOPE),
+    "elu": nn.ELU,
+    "selu": nn.SELU,
+}
+
+_NEW_FUNCTION: dict[str, Callable[..., torch.Tensor]] = {
+    "relu": lambda x, inplace: F.relu(x, inplace=inplace),
+    "leaky_relu": lambda x, inplace: F.leaky_relu(x, LEAKY_SLOPE, inplace=inplace),
+    "elu": lambda x, inplace: F.elu(x, inplace=inplace),
+    "selu": lambda x, inplace: F.selu(x, inplace=inplace),
+}
+
+
+class ActivationSwap(TorchFunctionMode):
+    """Substitutes activation functions of the source families while the fixed model runs.
+
+    Covers `F.sigmoid`, `torch.sigmoid`, `x.sigmoid()`, their in-place forms and the `aten` ops an
+    exported graph calls. The last `keep_last` source calls of each forward (the output
+    activation) run unchanged, and so does everything while `suspended` (an output activation
+    module that calls `torch.sigmoid` inside its own forward).
+    """
+
+    def __init__(self, swap: _Swap, swap_calls: int | None) -> None:
+        super().__init__()
+        self.swap = swap
+        self.swap_calls = swap_calls  # source calls per forward to substitute (None: all)
+        self.seen = 0
+        self.suspended = 0
+        self._families: dict[object, str | None] = {}
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        family = self._family(func)
+        if family not in self.swap.sources or self.suspended:
+            return func(*args, **kwargs)
+        ordinal = self.seen
+        self.seen += 1
+        if self.swap_calls is not None and ordinal >= self.swap_calls:
+            return func(*args, **kwargs)
+        x = args[0] if args else kwargs.get("input", kwargs.get("self"))
+        if not isinstance(x, torch.Tensor):
+            return func(*args, **kwargs)
+        inplace = _is_inplace(func, kwargs)
+        return _NEW_FUNCTION[self.swap.family](x, inplace)
+
+    def __deepcopy__(self, memo) -> "ActivationSwap":
+        # A fresh mode for the copied model: the cache holds op objects that do not deep-copy.
+        return ActivationSwap(self.swap, self.swap_calls)
+
+    def _family(self, func) -> str | None:
+        try:
+            if func not in self._families:
+                self._families[func] = function_family(func)
+            return self._families[func]
+        except TypeError:  # an unhashable callable is never an activation we know
+            return None
+
+
+def _is_inplace(func, kwargs) -> bool:
+    packet = getattr(func, "overloadpacket", None)
+    name = getattr(packet if packet is not None else func, "__name__", "")
+    return name.endswith("_") or bool(kwargs.get("inplace", False))
+
+
+class _ForwardInMode:
+    """Stored as the fixed model's own `forward`: runs its class forward inside the swap mode.
+
+    An instance attribute rather than a wrapper module, so every layer keeps its qualified name
+    (per-layer ignores and before/after layer names line up). It survives `copy.deepcopy`, which
+    copies `module` through the memo to the new model.
+    """
+
+    def __init__(self, module: nn.Module, mode: ActivationSwap) -> None:
+        self.module = module
+        self.mode = mode
+
+    def __call__(self, *args, **kwargs):
+        self.mode.seen = 0
+        with self.mode:
+            return type(self.module).forward(self.module, *args, **kwargs)
+
+
+class _ForwardUnswapped:
+    """Stored as an output activation module's `forward`: its internal call is left as it is."""
+
+    def __init__(self, module: nn.Module, mode: ActivationSwap) -> None:
+        self.module = module
+        self.mode = mode
+
+    def __call__(self, *args, **kwargs):
+        self.mode.suspended += 1
+        try:
+            return type(self.module).forward(self.module, *args, **kwargs)
+        finally:
+            self.mode.suspended -= 1
+
+
+def swap_activations(model: nn.Module, fix_id: str, layers: Sequence[LayerRecord]) -> str:
+    """Replace hidden activations (modules and function calls) and re-initialise for the new one."""
+    swap = _SWAPS[fix_id]
+    last_weighted = _last_weighted_index(layers)
+    output_activations = {
+        r.name for r in layers
+        if r.kind == "activation" and r.source == "module" and last_weighted is not None and r.index > last_weighted
+    }
+    function_records = [
+        r for r in layers if r.kind == "activation" and r.source == "function" and r.activation_kind in swap.sources
+    ]
+    # Calls are counted per forward in execution order; the ones after the last weighted layer
+    # produce the model's output and stay as they are.
+    total_calls = sum(max(r.calls, 1) for r in function_records)
+    output_calls = sum(
+        max(r.calls, 1) for r in function_records if last_weighted is not None and r.index > last_weighted
+    )
+    mode = ActivationSwap(swap, total_calls - output_calls if function_records else None)
+
+    replaced = 0
+    for node in _nodes(model):
+        family = ACTIVATION_MODULES.get(node.type_name)
+        if node.kind != "activation" or family not in swap.sources or not node.name:
+            continue
+        if node.name in output_activations:
+            object.__setattr__(node.module, "forward", _ForwardUnswapped(node.module, mode))
+            continue
+        _set_submodule(model, node.name, _NEW_MODULE[swap.family]())
+        replaced += 1
+    swapped_calls = total_calls - output_calls
+    if replaced == 0 and swapped_calls <= 0:
+        present = sorted({r.activation_kind for r in layers if r.kind == "activation" and r.activation_kind})
+        raise FixNotApplicable(
+            f"the model has no hidden {' / '.join(sorted(swap.sources & SATURATING_FAMILIES) or swap.sources)} "
+            f"activation to replace with {swap.family} (it uses: {', '.join(present) or 'none'})"
+        )
+    object.__setattr__(model, "forward", _ForwardInMode(model, mode))
+    leaky = LEAKY_SLOPE if swap.family == "leaky_relu" else 0.0
+    count = reinitialize(model, swap.scheme, leaky_slope=leaky)
+    parts = []
+    if replaced:
+        parts.append(f"{replaced} activation module{'s' if replaced != 1 else ''}")
+    if swapped_calls > 0:
+        parts.append(f"{swapped_calls} functional activation call{'s' if swapped_calls != 1 else ''} per forward")
+    scheme = {"he": "He", "lecun": "LeCun", "glorot": "Glorot"}[swap.scheme]
+    return f"replaced {' and '.join(parts)} with {swap.family}; {scheme} initialisation on {count} layers"
+
+
+def _swap_fix(fix_id: str) -> Callable[[nn.Module, Sequence[LayerRecord]], str]:
+    return lambda model, layers: swap_activations(model, fix_id, layers)
+
+
+# ---------------------------------------------------------------------------------------------
+# Batch normalisation
+
+
+def insert_batch_norm(model: nn.Module, layers: Sequence[LayerRecord]) -> str:
+    """Put a BatchNorm after each hidden linear/conv layer that feeds an activation.
+
+    The layer becomes `Sequential(layer, BatchNorm)`, so the norm sits between the layer and its
+    activation (the placement the BatchNorm paper argues for). The BN's rank follows the layer's
+    output: (N, F) -> BatchNorm1d, (N, C, L) -> 1d, (N, C, H, W) -> 2d, (N, C, D, H, W) -> 3d.
+    """
+    last_weighted = _last_weighted_index(layers)
+    records = {r.name: r for r in layers if r.source == "module"}
+    inserted, skipped = 0, []
+    for node in _weighted(model):
+        record = records.get(node.name)
+        if record is None or record.index == last_weighted:
+            continue  # never ran, or the output layer: normalising logits is not the fix
+        if record.followed_by in (None, "none") or (record.weight is not None and record.weight.normalized):
+            continue
+        layer = _eager_layer(node)
+        if layer is None:
+            skipped.append(node.name)
+            continue
+        norm = _batch_norm_for(layer, node.kind, record.output_shape)
+        if norm is None:
+            skipped.append(node.name)
+            continue
+        weight = layer.weight
+        _set_submodule(model, node.name, nn.Sequential(layer, norm.to(device=weight.device, dtype=weight.dtype)))
+        inserted += 1
+    if inserted == 0:
+        why = f" (could not rebuild {', '.join(skipped)})" if skipped else ""
+        raise FixNotApplicable(f"no hidden linear or convolution layer feeds an activation without a norm{why}")
+    tail = f"; left {', '.join(skipped)} alone (could not rebuild)" if skipped else ""
+    return f"inserted BatchNorm after {inserted} layer{'s' if inserted != 1 else ''}{tail}"
+
+
+def _batch_norm_for(layer: nn.Module, kind: str | None, output_shape: tuple[int, ...] | None) -> nn.Module | None:
+    weight = layer.weight
+    if isinstance(layer, nn.Linear):
+        rank = len(output_shape) if output_shape else 2
+        # BatchNorm1d on (N, T, F) would normalise over T; such a layer needs LayerNorm instead.
+        return nn.BatchNorm1d(weight.shape[0]) if rank == 2 else None
+    if isinstance(layer, nn.modules.conv._ConvNd):
+        channels = layer.out_channels
+        rank = len(output_shape) if output_shape else weight.dim()
+        return {3: nn.BatchNorm1d, 4: nn.BatchNorm2d, 5: nn.BatchNorm3d}.get(rank, lambda c: None)(channels)
+    return None
+
+
+def _eager_layer(node: _Node) -> nn.Module | None:
+    """The layer as an eager nn.Linear / nn.ConvNd (an exported one rebuilt from its graph), sharing parameters.
+
+    An `InterpreterModule` moved inside a new Sequential would lose its original type name (it is
+    looked up by qualified name), and the probes would no longer see it as a linear/conv layer.
+    """
+    module = node.module
+    if isinstance(module, (nn.Linear, nn.modules.conv._ConvNd)):
+        return module
+    graph = getattr(module, "graph", None)
+    weight = getattr(module, "weight", None)
+    if graph is None or not isinstance(weight, nn.Parameter):
+        return None
+    bias = getattr(module, "bias", None)
+    calls = [n for n in graph.nodes if n.op == "call_function"]
+    if len(calls) != 1:
+        return None
+    op = getattr(getattr(calls[0].target, "overloadpacket", None), "__name__", "")
+    args = list(calls[0].args) + [None] * 7
+    if node.type_name in LINEAR_TYPES and op == "linear" and weight.dim() == 2:
+        layer = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None, device="meta")
+    elif node.type_name in CONV_TYPES and op in ("conv1d", "conv2d", "conv3d") and not node.type_name.startswith("ConvT"):
+        dims = weight.dim() - 2
+        stride, padding, dilation, groups = args[3] or 1, args[4] or 0, args[5] or 1, args[6] or 1
+        if isinstance(padding, str):
+            return None
+        conv = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}[dims]
+        layer = conv(
+            weight.shape[1] * groups, weight.shape[0], tuple(weight.shape[2:]), stride=stride, padding=padding,
+            dilation=dilation, groups=groups, bias=bias is not None, device="meta",
+        )
+    else:
+        return None
+    layer.weight = weight
+    if bias is not None:
+        layer.bias = bias
+    return layer
+
+
+# ---------------------------------------------------------------------------------------------
+# Workload fixes: the optimiser settings and the batch
+
+
+def _lower_lr(workload: Workload) -> tuple[Workload, str]:
+    lr = workload.lr / LR_FACTOR
+    return replace(workload, lr=lr), f"learning rate {workload.lr:g} -> {lr:g}"
+
+
+def _higher_lr(workload: Workload) -> tuple[Workload, str]:
+    lr = workload.lr * LR_FACTOR
+    return replace(workload, lr=lr), f"learning rate {workload.lr:g} -> {lr:g}"
+
+
+def _clip(workload: Workload) -> tuple[Workload, str]:
+    return replace(workload, clip_grad_norm=CLIP_GRAD_NORM), f"gradients clipped to global norm {CLIP_GRAD_NORM:g}"
+
+
+def _warmup(workload: Workload) -> tuple[Workload, str]:
+    steps = max(1, round(workload.steps * WARMUP_FRACTION))
+    return replace(workload, warmup_steps=steps), f"learning rate warmed up linearly over the first {steps} steps"
+
+
+def _change_optimizer(workload: Workload) -> tuple[Workload, str]:
+    if workload.optimizer in ADAPTIVE_OPTIMIZERS:
+        new = replace(workload, optimizer="momentum")
+        return new, f"optimizer {workload.optimizer} -> SGD with momentum at lr {workload.lr:g}"
+    new = replace(workload, optimizer="adam", lr=ADAM_LR)
+    return new, f"optimizer {workload.optimizer} (lr {workload.lr:g}) -> adam (lr {ADAM_LR:g})"
+
+
+def standardize_batch(batch):
+    """The batch with each floating input standardised: per feature (N, F), per channel (N, C, ...)."""
+    changed = 0
+
+    def standardize(value):
+        nonlocal changed
+        if not isinstance(value, torch.Tensor) or not value.is_floating_point() or value.dim() == 0 or value.shape[0] < 2:
+            return value
+        dims = [0] + list(range(2, value.dim())) if value.dim() >= 2 else [0]
+        mean = value.mean(dim=dims, keepdim=True)
+        std = value.std(dim=dims, keepdim=True, correction=0).clamp_min(MIN_STD)
+        changed += 1
+        return (value - mean) / std
+
+    args = tuple(standardize(a) for a in batch.args)
+    kwargs = {k: standardize(v) for k, v in batch.kwargs.items()}
+    if changed == 0:
+        raise FixNotApplicable("the model has no floating-point input to standardise (token ids stay as they are)")
+    return replace(batch, args=args, kwargs=kwargs), (
+        f"standardised {changed} input{'s' if changed != 1 else ''} to zero mean, unit variance per feature"
+    )
+
+
+_WORKLOAD_FIXES: dict[str, Callable[[Workload], tuple[Workload, str]]] = {
+    "lower-lr": _lower_lr,
+    "higher-lr": _higher_lr,
+    "gradient-clipping": _clip,
+    "lr-warmup": _warmup,
+    "change-optimizer": _change_optimizer,
+}
+
+_MODEL_FIXES: dict[str, Callable[[nn.Module, Sequence[LayerRecord]], str]] = {
+    "he-init": _init_fix("he", "He"),
+    "glorot-init": _init_fix("glorot", "Glorot"),
+    "lecun-init": _init_fix("lecun", "LeCun"),
+    "relu": _swap_fix("relu"),
+    "leaky-relu": _swap_fix("leaky-relu"),
+    "elu": _swap_fix("elu"),
+    "selu": _swap_fix("selu"),
+    "batch-norm": insert_batch_norm,
+    "fix-bias-init": zero_biases,
+}
+
+APPLICABLE = frozenset(_WORKLOAD_FIXES) | frozenset(_MODEL_FIXES) | {"normalize-inputs"}
