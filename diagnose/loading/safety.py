@@ -10,13 +10,20 @@ from typing import Any
 from diagnose.errors import DiagnoseError
 from diagnose.loading._messages import one_line
 
-# torch.load(weights_only=True) raises UnpicklingError with this text when the stream names a
-# Python global outside its allow-list: the file would run code, as opposed to being corrupt.
+# torch.load(weights_only=True) raises UnpicklingError with this text for every stream it rejects...
 WEIGHTS_ONLY_REJECTION = "Weights only load failed"
+# ...and names the reason after this marker: a GLOBAL outside its allow-list means the file would
+# import and call Python objects (run code); other reasons (unknown opcodes) mean garbage bytes.
+REJECTION_REASON = "WeightsUnpickler error:"
+UNSAFE_GLOBAL = "Unsupported global"
 
 
 class UnsafePickle(Exception):
     """A pickle that names Python objects beyond tensors and containers (would run code)."""
+
+
+class NotTensorData(Exception):
+    """Bytes the weights-only unpickler rejects for a reason other than a forbidden global."""
 
 
 def load_tensors_only(source: Path | bytes, *, map_location: str = "cpu") -> Any:
@@ -30,9 +37,20 @@ def load_tensors_only(source: Path | bytes, *, map_location: str = "cpu") -> Any
     try:
         return torch.load(stream, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
-        if WEIGHTS_ONLY_REJECTION in str(exc):
-            raise UnsafePickle(one_line(exc)) from exc
-        raise
+        text = str(exc)
+        if WEIGHTS_ONLY_REJECTION not in text:
+            raise
+        reason = _rejection_reason(text)
+        if reason.startswith(UNSAFE_GLOBAL):
+            raise UnsafePickle(reason) from exc
+        raise NotTensorData(reason) from exc
+
+
+def _rejection_reason(text: str) -> str:
+    """The one line of torch's multi-paragraph rejection that says what was wrong."""
+    _, _, after = text.partition(REJECTION_REASON)
+    lines = [line.strip() for line in after.splitlines() if line.strip()]
+    return lines[0] if lines else one_line(Exception(text))
 
 
 def refuse_unsafe(what: str, *, trust_option: bool) -> DiagnoseError:
