@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
+from diagnose.loading.inputs import Batch, describe_input
 from diagnose.run import Workload
 from probes.records import LayerRecord
 from probes.targets import (
@@ -503,7 +504,7 @@ def _change_optimizer(workload: Workload) -> tuple[Workload, str]:
     return new, f"optimizer {workload.optimizer} (lr {workload.lr:g}) -> adam (lr {ADAM_LR:g})"
 
 
-def standardize_batch(batch):
+def standardize_batch(batch: Batch) -> tuple[Batch, str]:
     """The batch with each floating input standardised: per feature (N, F), per channel (N, C, ...)."""
     changed = 0
 
@@ -521,7 +522,12 @@ def standardize_batch(batch):
     kwargs = {k: standardize(v) for k, v in batch.kwargs.items()}
     if changed == 0:
         raise FixNotApplicable("the model has no floating-point input to standardise (token ids stay as they are)")
-    return replace(batch, args=args, kwargs=kwargs), (
+    # The input stats (what unnormalized-inputs judges) follow the new tensors, same names and order.
+    tensors = [v for v in (*args, *kwargs.values()) if isinstance(v, torch.Tensor)]
+    stats = tuple(
+        describe_input(old.name, tensor, synthetic=old.synthetic) for old, tensor in zip(batch.stats, tensors)
+    )
+    return replace(batch, args=args, kwargs=kwargs, stats=stats), (
         f"standardised {changed} input{'s' if changed != 1 else ''} to zero mean, unit variance per feature"
     )
 

@@ -1,0 +1,307 @@
+"""`--try-fixes`: apply each recommended fix to a copy of the model, re-measure, report before -> after.
+
+For every finding, each of its fixes is applied to a fresh copy of the user's model (or to the
+run's settings: learning rate, clipping, optimiser, batch) by `diagnose.fixes.apply`. The copy is
+probed exactly like the original (one forward+backward at init, then a short run on the same batch,
+seed and loss) and the same check is run on it. The fix's `verified` field then says:
+
+- `metric`, `before`, `after`: the measure that triggered the finding (the first/last gradient
+  ratio, the largest dead fraction, the loss after the run...), on the original and on the fixed copy;
+- `resolved`: the same check no longer fires on the fixed copy;
+- `note`: what was changed, and the loss after the short run before -> after (what the user cares
+  about in the end).
+
+A fix that was tried and did not help stays in the list with `resolved: false`: knowing that a
+plausible fix does not work here is information. A fix that cannot be applied automatically to this
+model (skip connections, a wider layer, a schedule a short run cannot show) keeps `verified: null`,
+as the contract says for fixes that were not run. Fixes are ordered by verified effect: resolved
+ones first, by the loss after the run; then the unresolved ones by how far the triggering measure
+moved toward healthy, then by the loss; fixes that were not run come last, in the recommender's order.
+
+Before and after are measured under the same workload: a short run of `max(steps, VERIFY_STEPS)`
+steps even when the user asked for none, with the baseline measured once and every distinct fix
+measured once however many findings recommend it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
+
+from diagnose.checks import run_checks
+from diagnose.checks._signal import (
+    activation_trend,
+    gradient_flow,
+    plain_runs,
+    update_ratios,
+)
+from diagnose.config import Settings
+from diagnose.errors import DiagnoseError
+from diagnose.evidence import Evidence
+from diagnose.findings import Finding, FixSuggestion, Verification
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from diagnose.run import Workload
+
+# Steps of the verification run. On one fixed batch a healthy small net removes a clear share of its
+# loss within 20 SGD steps (the overfit-one-batch test), enough for the dynamics checks (which need
+# at least 5) to judge a trend; more steps would multiply the cost by the number of fixes tried.
+VERIFY_STEPS = 20
+# A healthy update moves a weight by about a thousandth of its norm per step (Karpathy's rule of
+# thumb, and where the update-ratio checks centre their band).
+HEALTHY_UPDATE_RATIO = 1e-3
+# Effects closer than 0.1 (decades for ratios, share for fractions) rank as equal; the loss decides.
+GAIN_RESOLUTION = 1
+# The loss ratio (final / initial) stands in for checks without a measure of their own.
+LOSS_RATIO = "loss_final_over_initial"
+
+
+@dataclass(frozen=True, slots=True)
+class _Outcome:
+    """What happened when one fix was tried: the fixed copy's evidence, or why there is none."""
+
+    evidence: Evidence | None
+    change: str = ""
+    not_applicable: str | None = None  # could not be applied automatically (verified stays None)
+    failed: str | None = None  # applied, but the fixed copy did not run
+
+
+def verify_findings(
+    module: "nn.Module",
+    workload: "Workload",
+    evidence: Evidence,
+    findings: Sequence[Finding],
+    settings: Settings,
+) -> list[Finding]:
+    """The findings with each fix's `verified` filled in and the fixes ordered by verified effect."""
+    steps = max(settings.steps, VERIFY_STEPS)
+    run_workload = replace(workload, steps=steps)
+    if evidence.run.steps == steps:
+        baseline = evidence  # the user's own run already is the verification run
+    else:
+        baseline = measure_evidence(module, run_workload, evidence)
+    layers = evidence.layers
+    outcomes: dict[str, _Outcome] = {}
+    verified = []
+    for finding in findings:
+        results = []
+        for fix in finding.fixes:
+            if fix.id not in outcomes:
+                outcomes[fix.id] = _try(fix.id, module, run_workload, layers, baseline)
+            outcome = outcomes[fix.id]
+            loss_after = _final_loss(outcome.evidence) if outcome.evidence is not None else None
+            results.append((_judge(finding, fix, baseline, outcome, settings, steps), loss_after))
+        verified.append(finding.with_fixes(_ranked(results)))
+    return verified
+
+
+def measure_evidence(module: "nn.Module", workload: "Workload", template: Evidence) -> Evidence:
+    """Probe `module` under `workload` and describe it like `template` (same model facts and run)."""
+    from diagnose.run import measure
+
+    measured = measure(module, workload)
+    params = list(module.parameters())
+    return replace(
+        template,
+        model=replace(
+            template.model,
+            parameters=sum(p.numel() for p in params),
+            trainable_parameters=sum(p.numel() for p in params if p.requires_grad),
+            layers=len(measured.layers),
+        ),
+        run=replace(template.run, steps=workload.steps, optimizer=workload.optimizer, lr=workload.lr),
+        layers=measured.layers,
+        run_layers=measured.run_layers,
+        loss=measured.loss,
+        inputs=workload.batch.stats,
+        nonfinite_loss_step=measured.nonfinite_loss_step,
+    )
+
+
+def _try(fix_id: str, module, workload, layers, baseline: Evidence) -> _Outcome:
+    from diagnose.fixes.apply import FixNotApplicable, apply_fix
+
+    try:
+        trial = apply_fix(fix_id, module, workload, layers)
+    except FixNotApplicable as exc:
+        return _Outcome(None, not_applicable=str(exc))
+    try:
+        fixed = measure_evidence(trial.module, trial.workload, baseline)
+    except DiagnoseError as exc:
+        return _Outcome(None, change=trial.change, failed=str(exc))
+    except Exception as exc:  # a rebuilt model that cannot run is a result of the trial, not a crash
+        return _Outcome(None, change=trial.change, failed=f"{type(exc).__name__}: {exc}")
+    return _Outcome(fixed, change=trial.change)
+
+
+def _judge(
+    finding: Finding, fix: FixSuggestion, baseline: Evidence, outcome: _Outcome, settings: Settings, steps: int
+) -> FixSuggestion:
+    if outcome.not_applicable is not None:
+        return replace(fix, verified=None)
+    metric, before = finding_metric(finding, baseline)
+    if outcome.evidence is None:
+        return replace(fix, verified=Verification(
+            metric=metric, before=before, after=None, resolved=False,
+            note=f"{outcome.change}; the fixed copy did not run: {outcome.failed}",
+        ))
+    _, after = finding_metric(finding, outcome.evidence)
+    still, _ = run_checks(
+        outcome.evidence,
+        select=(finding.id,),
+        thresholds={finding.id: settings.thresholds[finding.id]} if finding.id in settings.thresholds else None,
+        per_layer_ignores=settings.per_layer_ignores,
+    )
+    resolved = not any(f.id == finding.id for f in still)
+    loss_before, loss_after = _final_loss(baseline), _final_loss(outcome.evidence)
+    note = f"{outcome.change}; loss after {steps} steps {_fmt(loss_before)} -> {_fmt(loss_after)}"
+    return replace(fix, verified=Verification(metric=metric, before=before, after=after, resolved=resolved, note=note))
+
+
+# ---------------------------------------------------------------------------------------------
+# The measure behind each check, computed as the check computes it
+
+
+def finding_metric(finding: Finding, evidence: Evidence) -> tuple[str, float | None]:
+    """(metric name, value on `evidence`) for the measure that triggered `finding`.
+
+    Names match the keys the checks put in `Finding.evidence`, so before/after read like the finding.
+    """
+    check_id = finding.id
+    if check_id in ("vanishing-gradients", "exploding-gradients"):
+        if check_id == "exploding-gradients" and "max_gradient_rms" in finding.evidence:
+            return "max_gradient_rms", _max_gradient_rms(evidence)
+        _, norms = gradient_flow(evidence.layers)
+        return "ratio_first_last", norms[0] / norms[-1] if len(norms) >= 2 else None
+    if check_id == "dead-relu":
+        return "max_dead_fraction", _max_fraction(evidence, "dead_fraction")
+    if check_id == "saturated-activations":
+        return "max_saturated_fraction", _max_fraction(evidence, "saturated_fraction")
+    if check_id == "activation-variance-collapse":
+        return "ratio_last_first", _extreme_trend(evidence, min)
+    if check_id == "activation-variance-explosion":
+        return "ratio_last_first", _extreme_trend(evidence, max)
+    if check_id == "poor-initialization":
+        return "median_std_ratio", _median_std_ratio(evidence)
+    if check_id == "non-finite":
+        return "nonfinite_values", _nonfinite_count(evidence)
+    if check_id == "no-gradient":
+        return "params_without_gradient", float(sum(len(r.params_without_gradient) for r in evidence.layers))
+    if check_id == "bad-initial-loss":
+        loss = evidence.loss
+        if loss is None or loss.initial is None or not loss.expected_initial:
+            return "relative_gap", None
+        return "relative_gap", abs(loss.initial - loss.expected_initial) / loss.expected_initial
+    if check_id == "unnormalized-inputs":
+        return "input_std", _input_std(evidence, finding.evidence.get("input"))
+    if check_id in ("lr-too-high", "lr-too-low") and "max_update_ratio" in finding.evidence:
+        ratios = [v for _, v in update_ratios(evidence.run_layers)]
+        return "max_update_ratio", max(ratios) if ratios else None
+    return LOSS_RATIO, _loss_ratio(evidence)
+
+
+def badness(metric: str, value: float | None) -> float | None:
+    """How far `value` is from healthy, on a scale where 0 is healthy (None: unknown)."""
+    if value is None:
+        return None
+    if math.isnan(value):
+        return math.inf
+    if metric in ("ratio_first_last", "ratio_last_first", "median_std_ratio", "input_std"):
+        return abs(math.log10(value)) if value > 0 else math.inf  # healthy at 1, judged in decades
+    if metric == "max_update_ratio":
+        return abs(math.log10(value / HEALTHY_UPDATE_RATIO)) if value > 0 else math.inf
+    if metric == "max_gradient_rms":
+        return math.log10(max(value, 1.0))
+    return value  # fractions, counts, gaps and loss ratios: lower is better
+
+
+def _max_fraction(evidence: Evidence, field: str) -> float | None:
+    values = [getattr(r.activation, field) for r in (*evidence.layers, *evidence.run_layers)]
+    values = [v for v in values if v is not None]
+    return max(values) if values else None
+
+
+def _max_gradient_rms(evidence: Evidence) -> float | None:
+    values = [r.gradient.rms for r in evidence.layers if r.gradient.rms is not None]
+    return max(values) if values else None
+
+
+def _extreme_trend(evidence: Evidence, pick) -> float | None:
+    trends = [activation_trend(run) for run in plain_runs(evidence.layers) if len(run) >= 2]
+    ratios = [t[0] for t in trends if t is not None]
+    return pick(ratios) if ratios else None
+
+
+def _median_std_ratio(evidence: Evidence) -> float | None:
+    ratios = sorted(
+        r.weight.std / r.weight.expected_std
+        for r in evidence.layers
+        if r.weight is not None and r.weight.expected_std and not r.weight.normalized and not r.weight.frozen
+        and math.isfinite(r.weight.std)
+    )
+    return ratios[len(ratios) // 2] if ratios else None
+
+
+def _nonfinite_count(evidence: Evidence) -> float:
+    count = sum(r.activation.nonfinite + r.gradient.nonfinite for r in evidence.layers)
+    if evidence.loss is not None and evidence.loss.initial is not None and not math.isfinite(evidence.loss.initial):
+        count += 1
+    return float(count)
+
+
+def _input_std(evidence: Evidence, name: object) -> float | None:
+    for stats in evidence.inputs:
+        if (name is None or stats.name == name) and stats.std is not None:
+            return stats.std
+    return None
+
+
+def _final_loss(evidence: Evidence) -> float | None:
+    loss = evidence.loss
+    return None if loss is None else loss.final
+
+
+def _loss_ratio(evidence: Evidence) -> float | None:
+    loss = evidence.loss
+    if loss is None or loss.initial is None or loss.final is None or loss.initial == 0:
+        return None
+    return loss.final / loss.initial
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3g}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Ordering
+
+
+def _ranked(results: list[tuple[FixSuggestion, float | None]]) -> tuple[FixSuggestion, ...]:
+    """Tried fixes by verified effect, best first; fixes that could not be tried last, in order."""
+    tried = [(i, fix, loss) for i, (fix, loss) in enumerate(results) if fix.verified is not None]
+    untried = [fix for fix, _ in results if fix.verified is None]
+    tried.sort(key=lambda item: _effect_key(item[1].verified, item[2], item[0]))
+    return tuple(fix for _, fix, _ in tried) + tuple(untried)
+
+
+def _effect_key(verification: Verification, loss_after: float | None, position: int) -> tuple:
+    """Resolved fixes first, best loss after the run first (once the check is satisfied, the
+    training outcome is what tells cures apart); then unresolved ones by how far they moved the
+    triggering measure toward healthy, ties (within GAIN_RESOLUTION) settled by the loss."""
+    loss = loss_after if loss_after is not None and math.isfinite(loss_after) else math.inf
+    if verification.resolved:
+        return (0, 0.0, loss, position)
+    before = badness(verification.metric, verification.before)
+    after = badness(verification.metric, verification.after)
+    if before is None or after is None:
+        gain = -math.inf if verification.after is None else 0.0  # did not run: below any measured trial
+    elif math.isinf(before) and math.isinf(after):
+        gain = 0.0
+    else:
+        gain = before - after
+    gain = round(gain, GAIN_RESOLUTION) if math.isfinite(gain) else gain
+    return (1, -gain, loss, position)
