@@ -74,26 +74,37 @@ def check_archive_payloads(path: Path) -> None:
     """Refuse the archive unless every member torch would unpickle loads with weights_only=True."""
     try:
         with zipfile.ZipFile(path) as archive:
-            members = archive.namelist()
-            legacy = LEGACY_EXPORT_MEMBER in members  # torch <= 2.7 layout: members at the root
-            relative = {name: name if legacy else _strip_root(name) for name in members}
+            members = [info for info in archive.infolist() if not info.is_dir()]
+            names = [info.filename for info in members]
+            if len(set(names)) != len(names):
+                # Python's zipfile and torch's reader may pick different entries of a repeated
+                # name, so the one checked here need not be the one torch unpickles.
+                raise DiagnoseError(f"{path} repeats member names, a sign of tampering; re-save the model "
+                                    "with torch.export.save, or pass --trust-pickle if you trust its source.")
+            legacy = LEGACY_EXPORT_MEMBER in names  # torch <= 2.7 layout: members at the root
+            relative = {name: name if legacy else _strip_root(name) for name in names}
             raw, pickled = _payload_references(archive, relative)
-            for name, rel in relative.items():
+            for info in members:
+                rel = relative[info.filename]
                 if rel.startswith(NATIVE_CODE_DIRS):
                     raise DiagnoseError(f"{path} contains compiled AOTInductor code ({rel}), which loading "
                                         "would run. Pass --trust-pickle if you trust its source.")
-                if name.endswith("/") or (rel in raw and rel not in pickled) or _is_text(rel, pickled):
+                if (rel in raw and rel not in pickled) or _is_text(rel, pickled):
                     continue
-                try:
-                    load_tensors_only(archive.read(name))
-                except UnsafePickle as exc:
-                    raise refuse_unsafe(f"{path} (member {rel})", trust_option=True) from exc
-                except Exception as exc:
-                    raise DiagnoseError(f"{path} member {rel} is neither a tensor payload nor a weights-only "
-                                        f"pickle ({one_line(exc)}); it may be corrupt or hold code. "
-                                        "Pass --trust-pickle if you trust its source.") from exc
+                _check_member(path, rel, archive.read(info))
     except zipfile.BadZipFile as exc:
         raise DiagnoseError(f"{path} is a corrupt zip archive ({exc}); re-save the model.") from exc
+
+
+def _check_member(path: Path, rel: str, data: bytes) -> None:
+    try:
+        load_tensors_only(data)
+    except UnsafePickle as exc:
+        raise refuse_unsafe(f"{path} (member {rel})", trust_option=True) from exc
+    except Exception as exc:
+        raise DiagnoseError(f"{path} member {rel} is neither a tensor payload nor a weights-only "
+                            f"pickle ({one_line(exc)}); it may be corrupt or hold code. "
+                            "Pass --trust-pickle if you trust its source.") from exc
 
 
 def _payload_references(archive: zipfile.ZipFile, relative: dict[str, str]) -> tuple[set[str], set[str]]:

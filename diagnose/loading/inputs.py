@@ -13,12 +13,13 @@ from typing import TYPE_CHECKING, Any
 
 from diagnose.config import DEFAULT_BATCH_SIZE
 from diagnose.errors import DiagnoseError
-from diagnose.evidence import InputStats
 from diagnose.loading.input_files import read_inputs_file, read_targets_file
 from diagnose.loading.synthesize import resize_like, synthesize
 
 if TYPE_CHECKING:
     import torch
+
+    from diagnose.evidence import InputStats  # imports probes, hence torch: only when describing
 
     from diagnose.loading import LoadedModel
 
@@ -96,6 +97,8 @@ def make_batch(args: tuple, kwargs: dict, *, targets: "torch.Tensor | None", ori
 
 def describe_input(name: str, tensor: "torch.Tensor", *, synthetic: bool) -> InputStats:
     """Mean/std/min/max of a float input (population std); integer inputs get no moments."""
+    from diagnose.evidence import InputStats
+
     integer = not (tensor.is_floating_point() or tensor.is_complex())
     dtype = str(tensor.dtype).removeprefix("torch.")
     if integer:

@@ -119,3 +119,17 @@ def test_legacy_pickle_model_is_refused_without_trust(tmp_path: Path, marker: Pa
     with pytest.raises(DiagnoseError, match="--trust-pickle"):
         load_model(path)
     assert not marker.exists()
+
+
+def test_export_with_repeated_member_names_is_refused(dynamic_export: Path, tmp_path: Path,
+                                                      marker: Path) -> None:
+    """A malicious first copy and a clean last copy: readers may disagree on which one counts."""
+    crafted = archive_with_malicious_sample_inputs(dynamic_export, tmp_path / "repeated.pt2", marker)
+    with zipfile.ZipFile(dynamic_export) as original:
+        name = next(n for n in original.namelist() if n.endswith("data/sample_inputs/model.pt"))
+        clean = original.read(name)
+    with zipfile.ZipFile(crafted, "a") as archive:
+        archive.writestr(name, clean)
+    with pytest.raises(DiagnoseError, match="repeats member names"):
+        load_model(crafted)
+    assert not marker.exists()
