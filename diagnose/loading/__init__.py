@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from diagnose.errors import DiagnoseError
 from diagnose.loading.specs import InputSpec
@@ -109,7 +109,7 @@ def token_input_of(module: "torch.nn.Module") -> tuple[InputSpec, ...]:
     return ()
 
 
-def _to_device(value, device: str):
+def _to_device(value: Any, device: str) -> Any:
     import torch
     from torch.utils._pytree import tree_map
 
