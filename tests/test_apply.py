@@ -1,0 +1,388 @@
+"""Each fix transformation of `diagnose.fixes.apply`, on eager and exported models.
+
+The transformations are checked by direct evaluation against models rebuilt by hand (the same
+weights with ReLU, a BatchNorm placed by hand...) and through the probes' records; the user's
+module is compared before and after by state dict and object identity.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+import probes
+from diagnose.fixes.apply import (
+    ADAM_LR,
+    CLIP_GRAD_NORM,
+    LR_FACTOR,
+    FixNotApplicable,
+    apply_fix,
+)
+from diagnose.loading import load_model
+from diagnose.loading.inputs import make_batch
+from diagnose.run import Workload
+
+IN, HIDDEN, OUT, BATCH = 8, 16, 4, 32
+
+
+def _workload(x: torch.Tensor, *, steps: int = 20, optimizer: str = "sgd", lr: float = 0.01) -> Workload:
+    batch = make_batch((x,), {}, targets=None, origin="given", synthetic=False, device="cpu")
+    return Workload(batch=batch, loss="auto", steps=steps, optimizer=optimizer, lr=lr, seed=0,
+                    device=torch.device("cpu"))
+
+
+def _records(model: nn.Module, x: torch.Tensor):
+    with probes.attach(model) as session:
+        model(x).sum().backward()
+    return session.collect()
+
+
+def _snapshot(model: nn.Module) -> tuple[dict, dict]:
+    return ({k: v.detach().clone() for k, v in model.state_dict().items()},
+            {name: id(m) for name, m in model.named_modules()})
+
+
+def _assert_unchanged(model: nn.Module, snapshot: tuple[dict, dict]) -> None:
+    state, ids = snapshot
+    now = model.state_dict()
+    assert now.keys() == state.keys()
+    for key, value in state.items():
+        assert torch.equal(now[key], value), key
+    assert {name: id(m) for name, m in model.named_modules()} == ids
+
+
+class ModuleSigmoidMLP(nn.Module):
+    """Sigmoid modules between layers, and a sigmoid module on the output (kept by every swap)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Linear(IN, HIDDEN), nn.Sigmoid(), nn.Linear(HIDDEN, HIDDEN), nn.Tanh(), nn.Linear(HIDDEN, OUT),
+        )
+        self.head = nn.Sigmoid()
+
+    def forward(self, x):
+        return self.head(self.net(x))
+
+
+class FunctionalSigmoidMLP(nn.Module):
+    """Every activation called as a function, in four spellings, and a functional output sigmoid."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(IN, HIDDEN)
+        self.fc2 = nn.Linear(HIDDEN, HIDDEN)
+        self.fc3 = nn.Linear(HIDDEN, HIDDEN)
+        self.fc4 = nn.Linear(HIDDEN, HIDDEN)
+        self.out = nn.Linear(HIDDEN, OUT)
+
+    def forward(self, x):
+        x = torch.sigmoid(self.fc1(x))
+        x = F.sigmoid(self.fc2(x))
+        x = self.fc3(x).tanh()
+        x = self.fc4(x).sigmoid_()
+        return torch.sigmoid(self.out(x))
+
+
+def _relu_reference(model: FunctionalSigmoidMLP, x: torch.Tensor) -> torch.Tensor:
+    """The functional model by hand, with ReLU in the hidden layers and its output sigmoid kept."""
+    h = x
+    for layer in (model.fc1, model.fc2, model.fc3, model.fc4):
+        h = F.relu(layer(h))
+    return torch.sigmoid(model.out(h))
+
+
+@pytest.fixture()
+def x() -> torch.Tensor:
+    return torch.randn(BATCH, IN, generator=torch.Generator().manual_seed(3))
+
+
+@pytest.fixture(scope="module")
+def exported_path(tmp_path_factory) -> str:
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("export") / "functional.pt2"
+    model = _MixedModel()
+    torch.export.save(torch.export.export(model, (torch.randn(BATCH, IN),)), str(path))
+    return str(path)
+
+
+class _MixedModel(nn.Module):
+    """Module activations in a Sequential and a functional one, exported and unflattened in tests."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(IN, HIDDEN), nn.Sigmoid(), nn.Linear(HIDDEN, HIDDEN))
+        self.out = nn.Linear(HIDDEN, OUT)
+
+    def forward(self, x):
+        return self.out(torch.sigmoid(self.net(x)))
+
+
+# ---------------------------------------------------------------------------------------------
+# Initialisation
+
+
+@pytest.mark.parametrize(("fix_id", "expected_std"), [
+    ("he-init", lambda fan_in, fan_out: math.sqrt(2.0 / fan_in)),
+    ("glorot-init", lambda fan_in, fan_out: math.sqrt(2.0 / (fan_in + fan_out))),
+    ("lecun-init", lambda fan_in, fan_out: math.sqrt(1.0 / fan_in)),
+])
+def test_init_schemes_redraw_every_weighted_layer_and_leave_the_original(fix_id, expected_std, x):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(IN, 256), nn.Tanh(), nn.Linear(256, 256), nn.Tanh(), nn.Linear(256, OUT))
+    before = _snapshot(model)
+    trial = apply_fix(fix_id, model, _workload(x), _records(model, x))
+    _assert_unchanged(model, before)
+    assert trial.module is not model
+    for index in (0, 2, 4):
+        layer = trial.module[index]
+        fan_out, fan_in = layer.weight.shape
+        assert layer.weight.std().item() == pytest.approx(expected_std(fan_in, fan_out), rel=0.15)
+        assert torch.count_nonzero(layer.bias) == 0
+    assert [type(m) for m in trial.module] == [type(m) for m in model]  # activations untouched
+
+
+def test_init_is_reproducible_and_leaves_the_global_rng_alone(x):
+    model = nn.Sequential(nn.Linear(IN, HIDDEN), nn.ReLU(), nn.Linear(HIDDEN, OUT))
+    layers = _records(model, x)
+    state = torch.random.get_rng_state()
+    first = apply_fix("he-init", model, _workload(x), layers).module
+    second = apply_fix("he-init", model, _workload(x), layers).module
+    assert torch.equal(torch.random.get_rng_state(), state)
+    assert torch.equal(first[0].weight, second[0].weight)
+
+
+def test_fix_bias_init_zeroes_biases_and_keeps_weights(x):
+    model = nn.Sequential(nn.Linear(IN, HIDDEN), nn.ReLU(), nn.Linear(HIDDEN, OUT))
+    with torch.no_grad():
+        model[0].bias.fill_(-3.0)
+    before = _snapshot(model)
+    fixed = apply_fix("fix-bias-init", model, _workload(x), _records(model, x)).module
+    _assert_unchanged(model, before)
+    assert torch.count_nonzero(fixed[0].bias) == 0 and torch.count_nonzero(fixed[2].bias) == 0
+    assert torch.equal(fixed[0].weight, model[0].weight)
+
+
+# ---------------------------------------------------------------------------------------------
+# Activation swaps
+
+
+def test_relu_swaps_hidden_activation_modules_but_not_the_output_one(x):
+    torch.manual_seed(0)
+    model = ModuleSigmoidMLP()
+    before = _snapshot(model)
+    trial = apply_fix("relu", model, _workload(x), _records(model, x))
+    _assert_unchanged(model, before)
+    fixed = trial.module
+    assert isinstance(fixed.net[1], nn.ReLU) and isinstance(fixed.net[3], nn.ReLU)
+    assert isinstance(fixed.head, nn.Sigmoid)
+    with torch.no_grad():
+        expected = torch.sigmoid(fixed.net[4](F.relu(fixed.net[2](F.relu(fixed.net[0](x))))))
+        assert torch.allclose(fixed(x), expected)
+    kinds = {r.name: r.activation_kind for r in _records(copy.deepcopy(fixed), x) if r.kind == "activation"}
+    assert kinds == {"net.1": "relu", "net.3": "relu", "head": "sigmoid"}
+
+
+def test_relu_swaps_functional_activations_in_every_spelling(x):
+    torch.manual_seed(0)
+    model = FunctionalSigmoidMLP()
+    before = _snapshot(model)
+    reference = model(x).detach()
+    trial = apply_fix("relu", model, _workload(x), _records(model, x))
+    _assert_unchanged(model, before)
+    assert torch.equal(model(x), reference)  # the mode is only active inside the fixed copy
+    fixed = trial.module
+    with torch.no_grad():
+        assert torch.allclose(fixed(x), _relu_reference(fixed, x))
+    records = _records(fixed, x)
+    hidden = [r.activation_kind for r in records if r.kind == "activation"]
+    assert hidden == ["relu", "relu", "relu", "relu", "sigmoid"]
+    # He init comes with the swap, for every weighted layer.
+    assert fixed.fc2.weight.std().item() == pytest.approx(math.sqrt(2.0 / HIDDEN), rel=0.25)
+
+
+def test_swap_survives_a_deep_copy(x):
+    """The run deep-copies the model it is given: the copy must still run the swapped activations."""
+    torch.manual_seed(0)
+    model = FunctionalSigmoidMLP()
+    fixed = apply_fix("relu", model, _workload(x), _records(model, x)).module
+    clone = copy.deepcopy(fixed)
+    with torch.no_grad():
+        assert torch.equal(clone(x), fixed(x))
+        assert torch.allclose(clone(x), _relu_reference(clone, x))
+
+
+@pytest.mark.parametrize(("fix_id", "function", "module_type"), [
+    ("leaky-relu", lambda t: F.leaky_relu(t, 0.01), nn.LeakyReLU),
+    ("elu", F.elu, nn.ELU),
+    ("selu", F.selu, nn.SELU),
+])
+def test_other_swaps_replace_relu_modules_and_calls(fix_id, function, module_type, x):
+    torch.manual_seed(0)
+
+    class Mixed(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Linear(IN, HIDDEN)
+            self.act = nn.ReLU()
+            self.b = nn.Linear(HIDDEN, HIDDEN)
+            self.c = nn.Linear(HIDDEN, OUT)
+
+        def forward(self, t):
+            return self.c(F.relu(self.b(self.act(self.a(t)))))
+
+    model = Mixed()
+    fixed = apply_fix(fix_id, model, _workload(x), _records(model, x)).module
+    assert isinstance(fixed.act, module_type)
+    with torch.no_grad():
+        assert torch.allclose(fixed(x), fixed.c(function(fixed.b(function(fixed.a(x))))), atol=1e-6)
+
+
+def test_relu_on_a_relu_model_is_not_applicable(x):
+    model = nn.Sequential(nn.Linear(IN, HIDDEN), nn.ReLU(), nn.Linear(HIDDEN, OUT))
+    with pytest.raises(FixNotApplicable, match="no hidden"):
+        apply_fix("relu", model, _workload(x), _records(model, x))
+
+
+def test_relu_swap_on_an_unflattened_export(exported_path, x):
+    model = load_model(exported_path).module
+    assert type(model.get_submodule("net.1")).__name__ == "InterpreterModule"
+    before = _snapshot(model)
+    reference = model(x).detach()
+    fixed = apply_fix("relu", model, _workload(x), _records(model, x)).module
+    _assert_unchanged(model, before)
+    assert torch.equal(model(x), reference)
+    net = fixed.get_submodule
+    assert isinstance(net("net.1"), nn.ReLU)  # the activation module, rebuilt by name
+    with torch.no_grad():
+        hidden = F.relu(net("net.2")(F.relu(net("net.0")(x))))  # aten.sigmoid in the root graph swapped too
+        assert torch.allclose(fixed(x), fixed.out(hidden))
+    kinds = [r.activation_kind for r in _records(copy.deepcopy(fixed), x) if r.kind == "activation"]
+    assert kinds == ["relu", "relu"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Batch normalisation
+
+
+def test_batch_norm_goes_between_each_hidden_layer_and_its_activation(x):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(IN, HIDDEN), nn.Sigmoid(), nn.Linear(HIDDEN, HIDDEN), nn.Sigmoid(),
+                          nn.Linear(HIDDEN, OUT))
+    before = _snapshot(model)
+    fixed = apply_fix("batch-norm", model, _workload(x), _records(model, x)).module
+    _assert_unchanged(model, before)
+    for index in (0, 2):
+        assert isinstance(fixed[index], nn.Sequential)
+        assert isinstance(fixed[index][1], nn.BatchNorm1d) and fixed[index][1].num_features == HIDDEN
+        assert torch.equal(fixed[index][0].weight, model[index].weight)
+    assert isinstance(fixed[4], nn.Linear)  # the output layer: normalising logits is not the fix
+    fixed.train()
+    with torch.no_grad():
+        h = fixed[0](x)
+        assert h.mean(0).abs().max() < 1e-5 and (h.std(0, correction=0) - 1).abs().max() < 1e-3
+
+
+def test_batch_norm_for_a_cnn_is_2d(x):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(),
+                          nn.Flatten(), nn.Linear(8 * 6 * 6, OUT))
+    images = torch.randn(BATCH, 3, 6, 6)
+    fixed = apply_fix("batch-norm", model, _workload(images), _records(model, images)).module
+    assert isinstance(fixed[0][1], nn.BatchNorm2d) and isinstance(fixed[2][1], nn.BatchNorm2d)
+    assert fixed(images).shape == (BATCH, OUT)
+
+
+def test_batch_norm_on_an_export_rebuilds_eager_layers_sharing_the_weights(tmp_path, x):
+    torch.manual_seed(0)
+
+    class Conv(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 8, 3, stride=2, padding=1)
+            self.fc = nn.Linear(8 * 3 * 3, HIDDEN)
+            self.out = nn.Linear(HIDDEN, OUT)
+
+        def forward(self, t):
+            h = torch.tanh(self.conv(t)).flatten(1)
+            return self.out(F.relu(self.fc(h)))
+
+    images = torch.randn(BATCH, 3, 6, 6)
+    path = tmp_path / "conv.pt2"
+    torch.export.save(torch.export.export(Conv(), (images,)), str(path))
+    model = load_model(str(path)).module
+    before = _snapshot(model)
+    fixed = apply_fix("batch-norm", model, _workload(images), _records(model, images)).module
+    _assert_unchanged(model, before)
+    conv, norm = fixed.conv
+    assert isinstance(conv, nn.Conv2d) and isinstance(norm, nn.BatchNorm2d)
+    assert (conv.stride, conv.padding) == ((2, 2), (1, 1))
+    with torch.no_grad():
+        assert torch.allclose(conv(images), model.conv(images))
+    assert isinstance(fixed.fc[0], nn.Linear) and isinstance(fixed.fc[1], nn.BatchNorm1d)
+    assert type(fixed.out).__name__ == "InterpreterModule"  # the output layer is left alone
+    records = _records(copy.deepcopy(fixed), images)
+    assert [r.type for r in records if r.kind in ("linear", "conv", "norm")] == [
+        "Conv2d", "BatchNorm2d", "Linear", "BatchNorm1d", "Linear"
+    ]
+
+
+# ---------------------------------------------------------------------------------------------
+# Run settings and inputs
+
+
+@pytest.mark.parametrize(("fix_id", "field", "expected"), [
+    ("lower-lr", "lr", 0.01 / LR_FACTOR),
+    ("higher-lr", "lr", 0.01 * LR_FACTOR),
+    ("gradient-clipping", "clip_grad_norm", CLIP_GRAD_NORM),
+    ("lr-warmup", "warmup_steps", 5),
+])
+def test_workload_fixes_change_only_the_run(fix_id, field, expected, x):
+    model = nn.Sequential(nn.Linear(IN, OUT))
+    workload = _workload(x)
+    trial = apply_fix(fix_id, model, workload, _records(model, x))
+    assert trial.module is model  # nothing to change in the model: it is copied by the run itself
+    assert getattr(trial.workload, field) == pytest.approx(expected)
+    assert getattr(workload, field) != getattr(trial.workload, field)
+
+
+def test_change_optimizer_moves_adagrad_to_adam_and_adam_to_momentum(x):
+    model = nn.Sequential(nn.Linear(IN, OUT))
+    layers = _records(model, x)
+    to_adam = apply_fix("change-optimizer", model, _workload(x, optimizer="adagrad"), layers).workload
+    assert (to_adam.optimizer, to_adam.lr) == ("adam", ADAM_LR)
+    to_momentum = apply_fix("change-optimizer", model, _workload(x, optimizer="adam"), layers).workload
+    assert (to_momentum.optimizer, to_momentum.lr) == ("momentum", 0.01)
+
+
+def test_normalize_inputs_standardises_each_feature_and_updates_the_stats(x):
+    raw = x * torch.linspace(1, 500, IN) + 100.0
+    model = nn.Sequential(nn.Linear(IN, OUT))
+    workload = _workload(raw)
+    trial = apply_fix("normalize-inputs", model, workload, _records(model, raw))
+    (fixed,) = trial.workload.batch.args
+    assert torch.allclose(fixed.mean(0), torch.zeros(IN), atol=1e-4)
+    assert torch.allclose(fixed.std(0, correction=0), torch.ones(IN), atol=1e-4)
+    assert torch.equal(workload.batch.args[0], raw)  # the original batch is untouched
+    (stats,) = trial.workload.batch.stats
+    assert abs(stats.mean) < 1e-4 and stats.std == pytest.approx(1.0, abs=1e-4)
+
+
+def test_normalize_inputs_leaves_token_ids_alone():
+    tokens = torch.randint(0, 10, (BATCH, 5))
+    model = nn.Sequential(nn.Embedding(10, 4), nn.Flatten(), nn.Linear(20, OUT))
+    with pytest.raises(FixNotApplicable, match="floating-point"):
+        apply_fix("normalize-inputs", model, _workload(tokens), _records(model, tokens))
+
+
+@pytest.mark.parametrize("fix_id", ["residual-connections", "widen-layer", "lr-schedule", "no-such-fix"])
+def test_fixes_that_cannot_be_automated_say_so(fix_id, x):
+    model = nn.Sequential(nn.Linear(IN, OUT))
+    with pytest.raises(FixNotApplicable) as raised:
+        apply_fix(fix_id, model, _workload(x), _records(model, x))
+    assert str(raised.value)
