@@ -351,13 +351,24 @@ def test_workload_fixes_change_only_the_run(fix_id, field, expected, x):
     assert getattr(workload, field) != getattr(trial.workload, field)
 
 
-def test_change_optimizer_moves_adagrad_to_adam_and_adam_to_momentum(x):
+@pytest.mark.parametrize(("before", "lr", "after", "new_lr"), [
+    ("adagrad", 0.01, "adam", ADAM_LR),
+    ("sgd", 0.05, "nesterov", 0.05),
+    ("adam", 1e-3, "nesterov", 0.01),
+])
+def test_change_optimizer_follows_the_snippet(before, lr, after, new_lr, x):
     model = nn.Sequential(nn.Linear(IN, OUT))
-    layers = _records(model, x)
-    to_adam = apply_fix("change-optimizer", model, _workload(x, optimizer="adagrad"), layers).workload
-    assert (to_adam.optimizer, to_adam.lr) == ("adam", ADAM_LR)
-    to_momentum = apply_fix("change-optimizer", model, _workload(x, optimizer="adam"), layers).workload
-    assert (to_momentum.optimizer, to_momentum.lr) == ("momentum", 0.01)
+    changed = apply_fix("change-optimizer", model, _workload(x, optimizer=before, lr=lr), _records(model, x)).workload
+    assert (changed.optimizer, changed.lr) == (after, new_lr)
+
+
+def test_he_init_targets_the_layers_feeding_relu_only(x):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(IN, 128), nn.ReLU(), nn.Linear(128, 128), nn.Tanh(), nn.Linear(128, OUT))
+    fixed = apply_fix("he-init", model, _workload(x), _records(model, x)).module
+    assert fixed[0].weight.std().item() == pytest.approx(math.sqrt(2.0 / IN), rel=0.2)
+    assert torch.equal(fixed[2].weight, model[2].weight)  # feeds tanh: Glorot's job, not He's
+    assert torch.equal(fixed[4].weight, model[4].weight)  # the output layer feeds no activation
 
 
 def test_normalize_inputs_standardises_each_feature_and_updates_the_stats(x):

@@ -39,6 +39,7 @@ from probes.targets import (
     exported_type_names,
     function_family,
     kind_of,
+    scheme_for,
     type_name_of,
 )
 
@@ -60,9 +61,9 @@ LR_FACTOR = 10.0
 # short enough that most of the run is spent at the full learning rate.
 WARMUP_FRACTION = 0.25
 # change-optimizer: Adam at its standard learning rate, the robust default for deep nets (the
-# notes: adaptive, stable, widely used). Away from Adam itself, SGD with momentum 0.9.
+# notes: adaptive, stable, widely used); momentum SGD at the contract's default rate otherwise.
 ADAM_LR = 1e-3
-ADAPTIVE_OPTIMIZERS = frozenset({"adam", "adamw", "nadam"})
+MOMENTUM_LR = 0.01
 # Input standardisation divides by the std; a constant feature would divide by zero.
 MIN_STD = 1e-8
 
@@ -167,10 +168,12 @@ def _last_weighted_index(layers: Sequence[LayerRecord]) -> int | None:
 # Initialisation schemes
 
 
-def reinitialize(model: nn.Module, scheme: str, *, leaky_slope: float = 0.0) -> int:
-    """Re-draw every linear/conv weight from `scheme`'s normal distribution, biases to zero."""
+def reinitialize(model: nn.Module, scheme: str, *, leaky_slope: float = 0.0, only: set[str] | None = None) -> int:
+    """Re-draw linear/conv weights (all, or those named in `only`) from `scheme`, biases to zero."""
     count = 0
     for node in _weighted(model):
+        if only is not None and node.name not in only:
+            continue
         weight = node.module.weight
         with torch.no_grad():
             if scheme == "he":
@@ -194,7 +197,14 @@ def reinitialize(model: nn.Module, scheme: str, *, leaky_slope: float = 0.0) -> 
 
 def _init_fix(scheme: str, label: str) -> Callable[[nn.Module, Sequence[LayerRecord]], str]:
     def fix(model: nn.Module, layers: Sequence[LayerRecord]) -> str:
-        count = reinitialize(model, scheme)
+        # The layers whose activation wants this scheme (He for ReLU-like, LeCun for SELU, Glorot for
+        # the rest), as the recommender groups them; when none does, the user asked for the scheme
+        # everywhere.
+        wanting = {
+            r.name for r in layers
+            if r.kind in ("linear", "conv") and r.source == "module" and scheme_for(r.followed_by) == scheme
+        }
+        count = reinitialize(model, scheme, only=wanting or None)
         return f"{label} initialisation on {count} layer{'s' if count != 1 else ''}, biases zeroed"
 
     return fix
@@ -497,11 +507,15 @@ def _warmup(workload: Workload) -> tuple[Workload, str]:
 
 
 def _change_optimizer(workload: Workload) -> tuple[Workload, str]:
-    if workload.optimizer in ADAPTIVE_OPTIMIZERS:
-        new = replace(workload, optimizer="momentum")
-        return new, f"optimizer {workload.optimizer} -> SGD with momentum at lr {workload.lr:g}"
-    new = replace(workload, optimizer="adam", lr=ADAM_LR)
-    return new, f"optimizer {workload.optimizer} (lr {workload.lr:g}) -> adam (lr {ADAM_LR:g})"
+    # The optimiser the change-optimizer snippet proposes: away from AdaGrad's ever-shrinking step to
+    # Adam; from plain SGD to Nesterov momentum at the same rate; from anything else to Nesterov SGD.
+    if workload.optimizer == "adagrad":
+        new = replace(workload, optimizer="adam", lr=ADAM_LR)
+    elif workload.optimizer == "sgd":
+        new = replace(workload, optimizer="nesterov")
+    else:
+        new = replace(workload, optimizer="nesterov", lr=MOMENTUM_LR)
+    return new, f"optimizer {workload.optimizer} (lr {workload.lr:g}) -> {new.optimizer} (lr {new.lr:g})"
 
 
 def standardize_batch(batch: Batch) -> tuple[Batch, str]:
