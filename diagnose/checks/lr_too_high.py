@@ -10,7 +10,8 @@ ReLU units get knocked into the dead zone, and floats overflow to Inf and NaN. U
 than a tenth of the weights at each step mean the network is being rewritten, not tuned.
 
 ## How it is detected
-Needs `--steps` > 0. Error: a non-finite loss at some step, or a final loss at least
+Needs `--steps` > 0. Error: a non-finite loss at some step after the first (a loss that is
+already NaN at initialisation is `non-finite`'s finding), or a final loss at least
 `divergence` (2x, TheDeepChecker's bound) times the lowest loss seen and above the initial one.
 Warning: the largest mean update ratio ||dW||/||W|| over linear/conv/recurrent/attention layers
 above `update_ratio` (0.1, the upper bound of DeepDiagnosis and TheDeepChecker).
@@ -63,6 +64,8 @@ def check(evidence: Evidence, thresholds: Mapping[str, float]) -> list[Finding]:
     nonfinite_step = evidence.nonfinite_loss_step
     if nonfinite_step is None:
         nonfinite_step = next((i for i, v in enumerate(history) if not math.isfinite(v)), None)
+    if nonfinite_step == 0:
+        return []  # already non-finite before any step: the non-finite check's finding, not the LR's
     if nonfinite_step is not None:
         return [Finding(
             id=ID, severity=Severity.ERROR, title="The loss diverges",

@@ -13,7 +13,8 @@ learn".
 Needs `--steps` > 0. The largest mean update ratio ||dW||/||W|| over linear/conv/recurrent/
 attention layers is below `update_ratio` (1e-4, TheDeepChecker's lower bound log10 = -4), and the
 loss fell by less than `loss_change` (1 %) of its initial value. Both must hold: a small update on
-a large, well-trained weight can be fine.
+a large, well-trained weight can be fine. A model with a fully dead ReLU layer is left to
+`dead-relu`: no learning rate moves weights whose gradient is zero.
 
 ## Example
 An MLP trained with SGD at lr=1e-7.
@@ -49,12 +50,17 @@ UPDATE_RATIO = 1e-4
 # A loss that moved less than 1 % in the whole short run on a fixed batch has not started learning.
 LOSS_CHANGE = 0.01
 
+# Fully dead ReLU layers zero the gradient whatever the learning rate: dead-relu explains the stall.
+FULLY_DEAD = 0.99
+
 THRESHOLDS: dict[str, float] = {"update_ratio": UPDATE_RATIO, "loss_change": LOSS_CHANGE}
 
 
 def check(evidence: Evidence, thresholds: Mapping[str, float]) -> list[Finding]:
     run = evidence.run
     if run.steps == 0:
+        return []
+    if any((r.activation.dead_fraction or 0.0) >= FULLY_DEAD for r in evidence.layers):
         return []
     ratios = update_ratios(evidence.run_layers)
     if not ratios:

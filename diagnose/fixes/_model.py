@@ -1,0 +1,63 @@
+"""The shape of a catalog fix, and the context its snippet is written for."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FixTarget:
+    """What a snippet needs to name the user's own layers and settings."""
+
+    layers: tuple[str, ...] = ()  # the layers the fix touches, by their names in the model
+    activation: str | None = None  # the activation family involved (relu, tanh, sigmoid, selu, ...)
+    optimizer: str = "sgd"
+    lr: float = 0.01
+    widths: tuple[tuple[str, int], ...] = ()  # (layer, current width), for widen-layer
+    recurrent: bool = False
+    conv: bool = False
+    head: bool = False  # the fix targets the output layer (an overconfident classifier head)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Fix:
+    """A catalog entry. `doc` is Markdown in the anatomy What it does / Why it works / When not to
+    use / Example; `rationale` is the one-paragraph reason shown next to a finding."""
+
+    id: str
+    title: str
+    summary: str
+    rationale: str
+    doc: str
+    snippet: Callable[[FixTarget], str] = field(repr=False)
+
+
+def name_list(names: Sequence[str]) -> str:
+    """A Python list literal of layer names, wrapped so a long list stays readable."""
+    quoted = [repr(n) for n in names]
+    line = "[" + ", ".join(quoted) + "]"
+    if len(line) <= 80:
+        return line
+    rows, row = [], []
+    for q in quoted:
+        if row and len(", ".join(row + [q])) > 72:
+            rows.append(", ".join(row))
+            row = []
+        row.append(q)
+    rows.append(", ".join(row))
+    return "[\n    " + ",\n    ".join(rows) + ",\n]"
+
+
+def layer_loop(names: Sequence[str], body: str, fallback: str) -> str:
+    """A loop over the named layers of `model` running `body` on each (`layer`), or `fallback`
+    (a loop over module types) when no names are known."""
+    if not names:
+        return fallback
+    indented = "\n".join("    " + line if line else line for line in body.splitlines())
+    return (
+        "modules = dict(model.named_modules())\n"
+        f"for name in {name_list(names)}:\n"
+        "    layer = modules[name]\n"
+        f"{indented}"
+    )

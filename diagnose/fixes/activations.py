@@ -1,0 +1,206 @@
+"""Activation fixes: ReLU, its non-dying variants, ELU, and SELU for plain dense stacks."""
+
+from __future__ import annotations
+
+from diagnose.fixes._model import Fix, FixTarget, name_list
+
+
+def _swap(target: FixTarget, new: str, comment: str, init: str | None) -> str:
+    """Replace the named activation modules (or every module of the old kind) with `new`."""
+    names = [n for n in target.layers if not n.endswith(")") and ")#" not in n]
+    functional = [n for n in target.layers if n not in names]
+    old = {"sigmoid": "nn.Sigmoid", "tanh": "nn.Tanh", "relu": "nn.ReLU", "relu6": "nn.ReLU6"}.get(
+        target.activation or "", "nn.ReLU"
+    )
+    lines = ["import torch.nn as nn", "", f"# {comment}"]
+    if names:
+        lines += [
+            f"for name in {name_list(names)}:",
+            "    parent_name, _, child = name.rpartition('.')",
+            "    parent = model.get_submodule(parent_name) if parent_name else model",
+            f"    setattr(parent, child, {new})",
+        ]
+    else:
+        lines += [
+            "for parent in model.modules():",
+            "    for child, module in parent.named_children():",
+            f"        if isinstance(module, {old}):",
+            f"            setattr(parent, child, {new})",
+        ]
+    if functional:
+        calls = ", ".join(functional[:4]) + (", ..." if len(functional) > 4 else "")
+        lines += ["", f"# also edit forward(): {calls} are called as functions there"]
+    if init:
+        lines += ["", init]
+    return "\n".join(lines)
+
+
+def _relu_snippet(target: FixTarget) -> str:
+    return _swap(
+        target, "nn.ReLU()", "swap the saturating activations for ReLU",
+        "# then re-initialise the layers feeding them with He init (see `diagnose explain he-init`)",
+    )
+
+
+def _leaky_snippet(target: FixTarget) -> str:
+    return _swap(
+        target, "nn.LeakyReLU(0.01)", "a small negative slope keeps a gradient flowing below zero",
+        "# with He init for leaky ReLU: nn.init.kaiming_normal_(w, a=0.01, nonlinearity='leaky_relu')",
+    )
+
+
+def _elu_snippet(target: FixTarget) -> str:
+    return _swap(target, "nn.ELU()", "ELU is smooth and negative below zero: no dead units", None)
+
+
+def _selu_snippet(target: FixTarget) -> str:
+    return (
+        "import torch.nn as nn\n\n"
+        "# a plain dense stack: Linear -> SELU, LeCun-normal weights, no BatchNorm, AlphaDropout only\n"
+        "def selu_stack(widths, p_drop=0.0):\n"
+        "    layers = []\n"
+        "    for fan_in, fan_out in zip(widths[:-2], widths[1:-1]):\n"
+        "        linear = nn.Linear(fan_in, fan_out)\n"
+        "        nn.init.kaiming_normal_(linear.weight, nonlinearity='linear')  # LeCun normal\n"
+        "        nn.init.zeros_(linear.bias)\n"
+        "        layers += [linear, nn.SELU()]\n"
+        "        if p_drop:\n"
+        "            layers.append(nn.AlphaDropout(p_drop))\n"
+        "    layers.append(nn.Linear(widths[-2], widths[-1]))\n"
+        "    return nn.Sequential(*layers)\n\n"
+        "# and standardise the inputs (zero mean, unit variance per feature)"
+    )
+
+
+RELU = Fix(
+    id="relu",
+    title="Replace saturating activations with ReLU",
+    summary="replace saturating hidden activations (sigmoid, tanh) with ReLU, with He init",
+    rationale=(
+        "Sigmoid and tanh flatten out on both sides, and sigmoid's slope is at most 0.25, so every "
+        "layer shrinks the gradient going back. ReLU's slope is exactly 1 for positive inputs: it "
+        "does not saturate there and, with He init, keeps the gradient level through a deep stack."
+    ),
+    doc="""## What it does
+Swaps the hidden sigmoid/tanh activations for `nn.ReLU()` and re-initialises the layers in front
+of them with He init. The output activation (a final sigmoid for a binary probability) stays.
+
+## Why it works
+Backpropagation multiplies the gradient by the activation's derivative at every layer. Sigmoid's
+derivative is 0.25 at best and close to zero once a unit drifts to either side; ten such layers
+divide the gradient by more than a million. ReLU passes the gradient through unchanged wherever the
+unit is active and is cheap to compute, which is why deep networks became trainable with it.
+
+## When not to use
+Recurrent cells (their gates need a bounded sigmoid/tanh); outputs that must be bounded; a model
+that already trains well. Watch for dead units afterwards (`dead-relu`); `leaky-relu` or `elu`
+avoid them.
+
+## Example
+```python
+model = nn.Sequential(nn.Linear(784, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, 10))
+for m in model:
+    if isinstance(m, nn.Linear):
+        nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
+```
+""",
+    snippet=_relu_snippet,
+)
+
+LEAKY_RELU = Fix(
+    id="leaky-relu",
+    title="Use LeakyReLU (or RReLU / PReLU) instead of ReLU",
+    summary="LeakyReLU / RReLU / PReLU instead of ReLU, so units cannot die",
+    rationale=(
+        "A ReLU unit whose input stays negative outputs zero and gets zero gradient, so it can never "
+        "come back. A leaky variant keeps a small slope below zero: the unit still learns and can "
+        "recover. RReLU randomises that slope during training, PReLU learns it."
+    ),
+    doc="""## What it does
+Replaces `nn.ReLU` with `nn.LeakyReLU(0.01)` (or `nn.RReLU()`, `nn.PReLU()`), keeping He init with
+the matching gain.
+
+## Why it works
+Below zero a ReLU is flat, so a unit pushed there for every input (by a large update or a negative
+bias) receives no gradient and stays dead. A small negative slope guarantees some gradient always
+flows, so such units drift back. RReLU's random slope also acts as a mild regulariser; PReLU's
+learned slope tends to help on large image datasets and can overfit small ones.
+
+## When not to use
+When few units are dead: plain ReLU's exact zeros give sparse, cheap activations and rarely hurt.
+
+## Example
+```python
+model = nn.Sequential(nn.Linear(128, 128), nn.LeakyReLU(0.01), nn.Linear(128, 10))
+nn.init.kaiming_normal_(model[0].weight, a=0.01, nonlinearity="leaky_relu")
+```
+""",
+    snippet=_leaky_snippet,
+)
+
+ELU = Fix(
+    id="elu",
+    title="Use ELU instead of ReLU",
+    summary="ELU instead of ReLU: negative outputs, no dead units, mean closer to zero",
+    rationale=(
+        "ELU follows the identity for positive inputs and bends smoothly to -alpha below zero. Its "
+        "slope never reaches zero, so units cannot die, and its negative outputs pull the mean "
+        "activation toward zero, which tends to speed up training."
+    ),
+    doc="""## What it does
+Replaces `nn.ReLU` with `nn.ELU()` (alpha = 1), keeping He-style init.
+
+## Why it works
+ELU is alpha(exp(z) - 1) below zero and z above. Because it has a non-zero gradient everywhere, no
+unit gets stuck at zero; because it can go negative, a layer's average output sits closer to zero,
+which keeps the next layer's inputs centred; and because it is smooth at zero, optimisation is a bit
+better behaved. Several comparisons found it ahead of ReLU and its leaky variants.
+
+## When not to use
+When inference speed matters most: the exponential makes ELU slower than ReLU. Use `selu` if you
+want the self-normalising variant for a plain dense stack.
+
+## Example
+```python
+model = nn.Sequential(nn.Linear(128, 128), nn.ELU(), nn.Linear(128, 10))
+```
+""",
+    snippet=_elu_snippet,
+)
+
+SELU = Fix(
+    id="selu",
+    title="Use SELU with LeCun init (plain dense stack)",
+    summary="SELU with LeCun-normal init for a plain stack of dense layers",
+    rationale=(
+        "In a plain stack of dense layers, SELU with LeCun-normal weights and standardised inputs "
+        "keeps every layer's output close to zero mean and unit variance by itself, so deep dense "
+        "networks train without batch norm and without vanishing or exploding signals."
+    ),
+    doc="""## What it does
+Uses `nn.SELU()` as every hidden activation of a dense stack, with LeCun-normal weights, zero
+biases, standardised inputs, and `nn.AlphaDropout` instead of `nn.Dropout`; no BatchNorm.
+
+## Why it works
+SELU's two constants make zero mean and unit variance an attracting fixed point of the map from one
+dense layer's output statistics to the next, under exactly those conditions. Each layer then
+re-normalises the signal on its own, which is what batch norm would otherwise be needed for.
+
+## When not to use
+Convolutional, recurrent or residual architectures, or stacks with normalisation layers: the
+guarantee is for plain dense layers. Plain dropout also breaks it (use AlphaDropout).
+
+## Example
+```python
+layers = []
+for fan_in, fan_out in [(784, 256), (256, 256), (256, 256)]:
+    linear = nn.Linear(fan_in, fan_out)
+    nn.init.kaiming_normal_(linear.weight, nonlinearity="linear")
+    layers += [linear, nn.SELU()]
+model = nn.Sequential(*layers, nn.Linear(256, 10))
+```
+""",
+    snippet=_selu_snippet,
+)
+
+FIXES = (RELU, LEAKY_RELU, ELU, SELU)

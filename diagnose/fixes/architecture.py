@@ -1,0 +1,102 @@
+"""Architecture fixes: skip connections for very deep plain stacks, and widening bottlenecks."""
+
+from __future__ import annotations
+
+from diagnose.fixes._model import Fix, FixTarget
+
+
+def _residual_snippet(target: FixTarget) -> str:
+    where = f"  # e.g. around {', '.join(target.layers[:3])}" if target.layers else ""
+    return (
+        "import torch.nn as nn\n\n"
+        "class Residual(nn.Module):\n"
+        "    \"\"\"x + f(x): the identity path carries signal and gradient past f.\"\"\"\n\n"
+        "    def __init__(self, width):\n"
+        "        super().__init__()\n"
+        "        self.f = nn.Sequential(nn.Linear(width, width), nn.ReLU(), nn.Linear(width, width))\n"
+        "        nn.init.zeros_(self.f[-1].weight)  # start as the identity\n\n"
+        "    def forward(self, x):\n"
+        "        return x + self.f(x)\n\n"
+        f"# replace runs of same-width layers with Residual blocks{where}"
+    )
+
+
+def _widen_snippet(target: FixTarget) -> str:
+    if not target.widths:
+        return "# give the narrow layer at least as many units as the layers around it"
+    lines = ["import torch.nn as nn", ""]
+    for name, width in target.widths:
+        lines.append(f"# {name}: {width} units; e.g. {max(width * 8, 64)} instead, and the next layer's in_features to match")
+    return "\n".join(lines)
+
+
+RESIDUAL_CONNECTIONS = Fix(
+    id="residual-connections",
+    title="Add residual (skip) connections",
+    summary="add skip connections to a very deep plain stack",
+    rationale=(
+        "A skip connection adds a block's input to its output, so each block only has to learn a "
+        "correction to the identity. The identity path carries the signal forward and the gradient "
+        "back undiminished, which is what makes networks with tens or hundreds of layers trainable."
+    ),
+    doc="""## What it does
+Wraps groups of layers of equal width in blocks computing x + f(x), optionally with the last
+layer of f initialised to zero so each block starts as the identity.
+
+## Why it works
+In a plain stack, the gradient reaching layer 1 is a product of one factor per layer above it, and
+any systematic bias in those factors compounds with depth. With x + f(x), the derivative is
+1 + f'(x): there is always a direct path on which the gradient is passed unchanged, so depth no
+longer multiplies the problem. Networks that fail to train at 30 plain layers train at 100+ with
+skips.
+
+## When not to use
+Shallow networks (a handful of layers gain little); where block input and output widths differ
+you need a projection on the skip path.
+
+## Example
+```python
+class Residual(nn.Module):
+    def __init__(self, width):
+        super().__init__()
+        self.f = nn.Sequential(nn.Linear(width, width), nn.ReLU(), nn.Linear(width, width))
+
+    def forward(self, x):
+        return x + self.f(x)
+```
+""",
+    snippet=_residual_snippet,
+)
+
+WIDEN_LAYER = Fix(
+    id="widen-layer",
+    title="Widen the bottleneck layer",
+    summary="give a too-narrow hidden layer as many units as its neighbours",
+    rationale=(
+        "Whatever a narrow layer cannot represent is lost for the layers after it, however wide they "
+        "are. It is usually better to start too wide and let early stopping or regularisation rein "
+        "the model in than to cut capacity in one layer."
+    ),
+    doc="""## What it does
+Increases the `out_features` of the narrow layer (and the `in_features` of the next one) to a
+width comparable with its neighbours.
+
+## Why it works
+Each layer can only pass on what fits in its units: a 4-unit layer between two 512-unit layers
+squeezes everything into 4 numbers per sample, and no later layer can recover what was dropped.
+Widening restores the capacity; extra width is cheap to regularise, a missing one cannot be
+trained back.
+
+## When not to use
+When the narrow layer is intended: an autoencoder's code, a low-rank adapter, a projection for
+retrieval. Ignore the finding for that layer instead.
+
+## Example
+```python
+model = nn.Sequential(nn.Linear(784, 512), nn.ReLU(), nn.Linear(512, 256), nn.ReLU(), nn.Linear(256, 10))
+```
+""",
+    snippet=_widen_snippet,
+)
+
+FIXES = (RESIDUAL_CONNECTIONS, WIDEN_LAYER)

@@ -1,0 +1,285 @@
+"""Optimisation fixes: gradient clipping, the learning rate and its schedule, the optimizer."""
+
+from __future__ import annotations
+
+from diagnose.fixes._model import Fix, FixTarget
+
+_TORCH_OPTIMIZERS = {
+    "sgd": "torch.optim.SGD(model.parameters(), lr={lr})",
+    "momentum": "torch.optim.SGD(model.parameters(), lr={lr}, momentum=0.9)",
+    "nesterov": "torch.optim.SGD(model.parameters(), lr={lr}, momentum=0.9, nesterov=True)",
+    "adagrad": "torch.optim.Adagrad(model.parameters(), lr={lr})",
+    "rmsprop": "torch.optim.RMSprop(model.parameters(), lr={lr}, alpha=0.9)",
+    "adam": "torch.optim.Adam(model.parameters(), lr={lr})",
+    "adamw": "torch.optim.AdamW(model.parameters(), lr={lr})",
+    "nadam": "torch.optim.NAdam(model.parameters(), lr={lr})",
+}
+
+
+def optimizer_line(name: str, lr: float) -> str:
+    return "optimizer = " + _TORCH_OPTIMIZERS.get(name, _TORCH_OPTIMIZERS["sgd"]).format(lr=f"{lr:g}")
+
+
+def _clip_snippet(target: FixTarget) -> str:
+    return (
+        "# in the training loop, between backward() and step()\n"
+        "loss.backward()\n"
+        "torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm=1.0)\n"
+        "# or, element-wise: torch.nn.utils.clip_grad_value_(model.parameters(), clip_value=0.5)\n"
+        "optimizer.step()"
+    )
+
+
+def _lower_snippet(target: FixTarget) -> str:
+    return f"# was lr={target.lr:g}\n" + optimizer_line(target.optimizer, target.lr / 10)
+
+
+def _higher_snippet(target: FixTarget) -> str:
+    return (
+        f"# was lr={target.lr:g}; raise it a decade at a time while the loss still falls smoothly\n"
+        + optimizer_line(target.optimizer, target.lr * 10)
+    )
+
+
+def _warmup_snippet(target: FixTarget) -> str:
+    return (
+        optimizer_line(target.optimizer, target.lr) + "\n"
+        "warmup_steps = 500\n"
+        "scheduler = torch.optim.lr_scheduler.LambdaLR(\n"
+        "    optimizer, lambda step: min(1.0, (step + 1) / warmup_steps)\n"
+        ")\n"
+        "# call scheduler.step() after every optimizer.step()"
+    )
+
+
+def _schedule_snippet(target: FixTarget) -> str:
+    peak = target.lr * 10 if target.lr < 1e-3 else target.lr
+    return (
+        optimizer_line(target.optimizer, target.lr) + "\n"
+        "# 1cycle: up to a peak, then down; one scheduler.step() per batch\n"
+        "scheduler = torch.optim.lr_scheduler.OneCycleLR(\n"
+        f"    optimizer, max_lr={peak:g}, total_steps=epochs * len(train_loader)\n"
+        ")\n"
+        "# alternatives: ExponentialLR(optimizer, gamma=0.95) per epoch,\n"
+        "# MultiStepLR(optimizer, milestones=[30, 60], gamma=0.1),\n"
+        "# ReduceLROnPlateau(optimizer, factor=0.5, patience=5) with scheduler.step(val_loss)"
+    )
+
+
+def _optimizer_snippet(target: FixTarget) -> str:
+    if target.optimizer == "adagrad":
+        return (
+            "# AdaGrad's step only ever shrinks; Adam keeps a decaying average instead\n"
+            "optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)\n"
+            "# or: torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True)"
+        )
+    if target.optimizer in ("sgd",):
+        return (
+            "# momentum accumulates consistent gradient directions; Adam also adapts per parameter\n"
+            f"optimizer = torch.optim.SGD(model.parameters(), lr={target.lr:g}, momentum=0.9, nesterov=True)\n"
+            "# or: torch.optim.Adam(model.parameters(), lr=1e-3)"
+        )
+    return (
+        "# try a different family: adaptive methods and momentum SGD suit different problems\n"
+        "optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True)\n"
+        "# or: torch.optim.AdamW(model.parameters(), lr=1e-3)"
+    )
+
+
+GRADIENT_CLIPPING = Fix(
+    id="gradient-clipping",
+    title="Clip gradients",
+    summary="clip gradients by global norm (or by value) before each optimizer step",
+    rationale=(
+        "Clipping caps the size of each update: when the gradient's norm exceeds a threshold it is "
+        "scaled down to it, keeping its direction. Occasional huge gradients then cannot throw the "
+        "weights far away. It is the standard remedy in recurrent networks, where batch norm is "
+        "awkward to use."
+    ),
+    doc="""## What it does
+Calls `torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)` between `backward()` and
+`step()` (or `clip_grad_value_` to clip each element).
+
+## Why it works
+Exploding gradients show up as rare steps that are orders of magnitude larger than usual. Clipping
+by norm rescales such a gradient to a fixed length without changing its direction, so the step is
+bounded while ordinary steps are untouched. Clipping by value caps each component instead, which
+can change the direction; the two behave differently, so it is worth trying both. The threshold is
+a hyperparameter: 1.0 is a common start, and logging the gradient norm shows where typical steps
+sit.
+
+## When not to use
+As a cure for a consistently too-large learning rate (lower it instead), or when gradients vanish
+(clipping only makes large gradients smaller).
+
+## Example
+```python
+loss.backward()
+torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm=1.0)
+optimizer.step()
+```
+""",
+    snippet=_clip_snippet,
+)
+
+LOWER_LR = Fix(
+    id="lower-lr",
+    title="Lower the learning rate",
+    summary="lower the learning rate, by about 10x",
+    rationale=(
+        "When the loss jumps up, oscillates or turns into NaN, the steps are overshooting the "
+        "minimum. A learning rate ten times smaller makes each step ten times shorter, usually "
+        "enough to land inside the valley instead of across it."
+    ),
+    doc="""## What it does
+Divides the learning rate by about 10.
+
+## Why it works
+Gradient descent moves each weight by lr x gradient. Where the loss surface is steep or curved,
+a large step overshoots the minimum and lands higher on the other side; repeated, this grows into
+divergence, NaN, and ReLU units knocked into the dead zone. A smaller step follows the surface.
+
+## When not to use
+When the loss falls steadily but slowly: a smaller rate makes it slower still. Then look at a
+schedule (`lr-schedule`) or a warm-up (`lr-warmup`) instead.
+
+## Example
+```python
+optimizer = torch.optim.SGD(model.parameters(), lr=0.001)  # was 0.01
+```
+""",
+    snippet=_lower_snippet,
+)
+
+HIGHER_LR = Fix(
+    id="higher-lr",
+    title="Raise the learning rate",
+    summary="raise the learning rate when updates are negligible and the loss does not move",
+    rationale=(
+        "If every step changes the weights by a vanishing fraction, the network is barely training "
+        "and will need orders of magnitude more steps. Raising the learning rate a decade at a time, "
+        "until the loss starts to fall clearly but not erratically, finds a useful scale."
+    ),
+    doc="""## What it does
+Multiplies the learning rate by about 10 (repeat while the loss improves smoothly).
+
+## Why it works
+A healthy step changes a weight by roughly a thousandth of its size. Much less, and the model
+moves so slowly that it looks like it cannot learn. An LR range test (start tiny, grow the rate
+exponentially over a few hundred steps, watch where the loss starts to fall and where it blows up)
+gives the usable range in one short run.
+
+## When not to use
+When the loss is already unstable, or when the updates are small because the gradients vanish
+(fix the gradient flow first: a larger rate would blow up the layers that do get gradient).
+
+## Example
+```python
+optimizer = torch.optim.SGD(model.parameters(), lr=0.1)  # was 0.01
+```
+""",
+    snippet=_higher_snippet,
+)
+
+LR_WARMUP = Fix(
+    id="lr-warmup",
+    title="Warm the learning rate up",
+    summary="start with a small learning rate and ramp it up over the first steps",
+    rationale=(
+        "The first steps are the most fragile: the weights are random, adaptive optimizers have not "
+        "yet estimated gradient statistics, and the gradients can be large. Ramping the learning "
+        "rate up from near zero over the first few hundred steps avoids early blow-ups while "
+        "keeping the full rate afterwards; it also pairs well with large batches."
+    ),
+    doc="""## What it does
+Multiplies the learning rate by a factor that grows linearly from ~0 to 1 over the first
+`warmup_steps` optimizer steps (`torch.optim.lr_scheduler.LambdaLR`).
+
+## Why it works
+Early updates come from gradients of an untrained network and, for Adam-like optimizers, from
+second-moment estimates built on very few samples: both can make the first steps far too large.
+A warm-up keeps those first steps short; by the time the full rate applies, the network and the
+optimizer's statistics have settled.
+
+## When not to use
+When the rate is too high for the whole run, not just the beginning (lower it instead).
+
+## Example
+```python
+scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / 500))
+```
+""",
+    snippet=_warmup_snippet,
+)
+
+LR_SCHEDULE = Fix(
+    id="lr-schedule",
+    title="Use a learning-rate schedule",
+    summary="a schedule: exponential, piecewise constant, 1cycle, or reduce-on-plateau",
+    rationale=(
+        "A single learning rate is a compromise: large enough to make progress early, small enough "
+        "to settle late. A schedule gets both: 1cycle ramps up then down, exponential and piecewise "
+        "schedules decay it over time, reduce-on-plateau cuts it when validation stops improving."
+    ),
+    doc="""## What it does
+Attaches a scheduler from `torch.optim.lr_scheduler`: `OneCycleLR` (1cycle), `ExponentialLR`,
+`MultiStepLR` (piecewise constant) or `ReduceLROnPlateau` (performance-based).
+
+## Why it works
+Far from a minimum, large steps cover ground quickly; near it, they bounce around the bottom.
+Exponential decay divides the rate by a constant factor per period; piecewise schedules drop it at
+chosen epochs; reduce-on-plateau watches the validation loss and halves the rate when it stalls;
+1cycle first climbs to a high rate (which also regularises) and then anneals it, often reaching a
+good solution in fewer epochs.
+
+## When not to use
+To rescue a rate that is wrong by orders of magnitude: fix the base rate first.
+
+## Example
+```python
+scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=0.1, total_steps=10_000)
+for batch in loader:
+    ...
+    optimizer.step()
+    scheduler.step()
+```
+""",
+    snippet=_schedule_snippet,
+)
+
+CHANGE_OPTIMIZER = Fix(
+    id="change-optimizer",
+    title="Change the optimizer",
+    summary="a momentum or adaptive optimizer (e.g. Adam instead of AdaGrad on deep nets)",
+    rationale=(
+        "Plain SGD crawls along shallow, elongated valleys, and AdaGrad's step size shrinks for ever "
+        "because it sums every past squared gradient. Momentum (ideally Nesterov) accumulates "
+        "consistent directions; RMSProp and Adam use a decaying average of squared gradients, so "
+        "their steps adapt per parameter without dying out."
+    ),
+    doc="""## What it does
+Replaces the optimizer: SGD -> SGD with (Nesterov) momentum 0.9 or Adam; AdaGrad -> Adam/AdamW
+or momentum SGD.
+
+## Why it works
+Momentum keeps a running velocity of past gradients, so it speeds up along directions that stay
+consistent and damps zig-zags across steep walls; Nesterov evaluates the gradient a step ahead and
+usually converges a bit faster. AdaGrad divides by the root of the running *sum* of squared
+gradients, which grows without bound: on deep networks the effective rate decays to nothing long
+before convergence. RMSProp replaces the sum with an exponential moving average; Adam adds momentum
+on top (Nadam adds Nesterov).
+
+## When not to use
+When the current optimizer is not the bottleneck (check gradients and the learning rate first).
+Some problems generalise better with momentum SGD than with adaptive methods; try both.
+
+## Example
+```python
+optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+# or: torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True)
+```
+""",
+    snippet=_optimizer_snippet,
+)
+
+FIXES = (GRADIENT_CLIPPING, LOWER_LR, HIGHER_LR, LR_WARMUP, LR_SCHEDULE, CHANGE_OPTIMIZER)
