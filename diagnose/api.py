@@ -12,9 +12,9 @@ from torch import nn
 from diagnose.checks import run_checks
 from diagnose.config import Settings
 from diagnose.errors import DiagnoseError
-from diagnose.evidence import Evidence, InputStats
+from diagnose.evidence import Evidence
 from diagnose.loading import LoadedModel, load_model
-from diagnose.loading.inputs import Batch, prepare_batch
+from diagnose.loading.inputs import Batch, make_batch, prepare_batch
 from diagnose.recommend import recommend
 from diagnose.report import Report
 from diagnose.run import collect_evidence, resolve_device
@@ -172,27 +172,6 @@ def batch_from_objects(inputs: Any, targets: Any, device: torch.device) -> Batch
         raise DiagnoseError(
             f"inputs must be a tensor, a tuple/list of tensors or a dict, not {type(inputs).__name__}"
         )
-    tensors = [("arg%d" % i, t) for i, t in enumerate(args)] + list(kwargs.items())
-    tensors = [(name, t) for name, t in tensors if isinstance(t, torch.Tensor)]
-    return Batch(
-        args=args,
-        kwargs=kwargs,
-        targets=_to_device(targets, device) if targets is not None else None,
-        origin="given",
-        shapes=tuple(tuple(t.shape) for _, t in tensors),
-        stats=tuple(input_stats(name, t, synthetic=False) for name, t in tensors),
-    )
-
-
-def input_stats(name: str, tensor: torch.Tensor, *, synthetic: bool) -> InputStats:
-    integer = not (tensor.is_floating_point() or tensor.is_complex())
-    if integer or tensor.numel() == 0:
-        return InputStats(name=name, shape=tuple(tensor.shape), dtype=str(tensor.dtype).replace("torch.", ""),
-                          synthetic=synthetic, integer=integer)
-    data = tensor.detach().double()
-    return InputStats(
-        name=name, shape=tuple(tensor.shape), dtype=str(tensor.dtype).replace("torch.", ""),
-        synthetic=synthetic, integer=False,
-        mean=float(data.mean()), std=float(data.std(correction=0)),
-        min=float(data.min()), max=float(data.max()),
-    )
+    targets = _to_device(targets, device) if targets is not None else None
+    # Inputs a caller hands over are real data: they count as "file" inputs (not synthetic).
+    return make_batch(args, kwargs, targets=targets, origin="file", synthetic=False, device=str(device))

@@ -6,14 +6,14 @@ training flag) and the global RNG are left exactly as they were found.
 
 from __future__ import annotations
 
-import copy
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
 
 import probes
+from diagnose.cloning import clone_module
 from diagnose.config import OPTIMIZERS, Settings
 from diagnose.errors import DiagnoseError
 from diagnose.evidence import Evidence, LossTrace, ModelFacts, RunInfo
@@ -79,10 +79,10 @@ def make_optimizer(name: str, params, lr: float) -> torch.optim.Optimizer:
 def working_copy(module: nn.Module, device: torch.device) -> nn.Module:
     """A deep copy in training mode on `device`; the original is never touched."""
     try:
-        clone = copy.deepcopy(module)
+        clone = clone_module(module)
     except Exception as exc:  # modules holding locks, open files, generators...
         raise DiagnoseError(
-            f"could not copy the model to probe it safely ({type(exc).__name__}: {exc}); "
+            f"could not copy the model to probe it safely ({type(exc).__name__}: {_first_line(exc)}); "
             "diagnose never runs on the original module"
         ) from exc
     clone.to(device)
@@ -115,7 +115,8 @@ def _loss_of(output, workload: Workload, spec: LossSpec | None) -> tuple[torch.T
     if spec is None:
         spec = resolve_loss(workload.loss, prediction, workload.batch.targets, seed=workload.seed)
     if model_loss is not None and workload.loss == "auto" and workload.batch.targets is None:
-        return model_loss, spec
+        # The model computed its own loss (Hugging Face style, labels passed as inputs): use it.
+        return model_loss, replace(spec, kind="model", expected_initial=spec.expected_initial)
     try:
         return spec.fn(prediction, spec.targets), spec
     except DiagnoseError:
@@ -186,7 +187,8 @@ def measure(module: nn.Module, workload: Workload) -> Measurements:
             run_layers = tuple(session.collect())
             del run_model, optimizer
     trace = LossTrace(
-        kind="model" if spec.kind == "model" else spec.kind,
+        kind=spec.kind,
+        model_computed=spec.kind == "model",
         initial=initial,
         expected_initial=spec.expected_initial,
         num_classes=spec.num_classes,

@@ -1,0 +1,90 @@
+"""The Python API: one-line sanity check, never touches the user's model or RNG, deterministic."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+import diagnose
+
+
+def _mlp(depth: int = 3, width: int = 32) -> nn.Module:
+    layers: list[nn.Module] = []
+    for i in range(depth):
+        linear = nn.Linear(16 if i == 0 else width, width)
+        nn.init.kaiming_normal_(linear.weight, nonlinearity="relu")
+        nn.init.zeros_(linear.bias)
+        layers += [linear, nn.ReLU()]
+    layers.append(nn.Linear(width, 4))
+    return nn.Sequential(*layers)
+
+
+def test_check_returns_a_report_with_the_contract_fields():
+    torch.manual_seed(0)
+    report = diagnose.check(_mlp(), torch.randn(64, 16))
+    data = report.to_dict()
+    assert data["schema_version"] == 1
+    assert data["tool"]["name"] == "diagnose"
+    assert data["summary"]["status"] == report.status
+    assert [layer["index"] for layer in data["layers"]] == sorted(layer["index"] for layer in data["layers"])
+    first = data["layers"][0]
+    assert set(first) >= {"name", "type", "index", "activation", "gradient", "weight", "update_ratio"}
+    assert set(first["activation"]) >= {"mean", "std", "dead_fraction", "saturated_fraction", "nonfinite"}
+    assert set(first["gradient"]) >= {"norm", "rms"}
+    assert set(first["weight"]) >= {"std", "expected_std", "scheme"}
+
+
+def test_user_model_rng_and_flags_are_left_as_found():
+    torch.manual_seed(0)
+    model = _mlp()
+    model.eval()
+    before = copy.deepcopy(model.state_dict())
+    rng = torch.get_rng_state()
+    diagnose.check(model, torch.randn(32, 16), steps=3, optimizer="adam", lr=1e-3)
+    assert not model.training
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert all(p.grad is None for p in model.parameters())
+    assert torch.equal(rng, torch.get_rng_state())
+    assert not model._forward_hooks and not model._forward_pre_hooks
+
+
+def test_same_seed_gives_the_same_report():
+    torch.manual_seed(0)
+    model, x = _mlp(), torch.randn(32, 16)
+    first = diagnose.check(model, x, steps=3, seed=7).to_dict()
+    second = diagnose.check(model, x, steps=3, seed=7).to_dict()
+    assert first == second
+
+
+def test_raise_for_status_raises_unhealthy_model_on_a_dead_network():
+    torch.manual_seed(0)
+    model = _mlp(depth=4)
+    for module in model:
+        if isinstance(module, nn.Linear):
+            nn.init.constant_(module.bias, -10.0)
+    report = diagnose.check(model, torch.randn(64, 16))
+    assert report.status == "error"
+    with pytest.raises(diagnose.UnhealthyModel):
+        report.raise_for_status(fail_on="error")
+    report.raise_for_status(fail_on="never")
+
+
+def test_a_forward_that_raises_is_a_diagnose_error():
+    class Broken(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(4, 4)
+
+        def forward(self, x):
+            raise ValueError("shape mismatch somewhere")
+
+    with pytest.raises(diagnose.DiagnoseError, match="forward failed"):
+        diagnose.check(Broken(), torch.randn(2, 4))
+
+
+def test_wrong_input_shape_is_a_diagnose_error():
+    with pytest.raises(diagnose.DiagnoseError):
+        diagnose.check(_mlp(), torch.randn(8, 3))
