@@ -204,16 +204,16 @@ def list_rules() -> None:
         from diagnose.checks import CHECKS
         from diagnose.fixes import FIXES
 
+        fixes = list(FIXES.values())
+        id_width = max([len(c.id) for c in CHECKS] + [len(f.id) for f in fixes], default=0)
         lines = ["Checks:"]
-        id_width = max((len(c.id) for c in CHECKS), default=0)
         for entry in CHECKS:
             severity = getattr(entry.severity, "value", entry.severity)
             lines.append(f"  {entry.id:<{id_width}}  {severity:<7}  {entry.summary}")
         lines += ["", "Fixes:"]
-        fixes = list(FIXES.values())
-        id_width = max((len(f.id) for f in fixes), default=0)
         for fix in fixes:
-            lines.append(f"  {fix.id:<{id_width}}  {fix.title}: {fix.summary}" if fix.summary else f"  {fix.id:<{id_width}}  {fix.title}")
+            # the summary is the one-line description; the title is a fallback for terse entries
+            lines.append(f"  {fix.id:<{id_width}}  {'':<7}  {fix.summary or fix.title}")
         lines += ["", "diagnose explain ID shows what one of them means and how it is fixed."]
         typer.echo("\n".join(lines))
         return EXIT_OK
