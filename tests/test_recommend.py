@@ -1,0 +1,124 @@
+"""The recommender: fix order per context, snippets that name the user's layers, docs per fix."""
+
+from __future__ import annotations
+
+import ast
+
+import pytest
+
+from diagnose.checks import run_checks
+from diagnose.findings import Finding
+from diagnose.fixes import FIX_IDS, FIXES, FixTarget
+from diagnose.recommend import recommend
+from diagnose.severity import Severity
+
+from checks.helpers import activation, evidence, linear, module_record, relu_stack, zoo_report
+
+CONTRACT_FIX_IDS = {
+    "he-init", "glorot-init", "lecun-init", "relu", "leaky-relu", "elu", "selu", "batch-norm",
+    "gradient-clipping", "lower-lr", "higher-lr", "lr-warmup", "lr-schedule", "normalize-inputs",
+    "fix-bias-init", "residual-connections", "widen-layer", "change-optimizer",
+}
+
+
+def _fix_ids(finding: Finding) -> list[str]:
+    return [f.id for f in finding.fixes]
+
+
+def _finding(report, check_id):
+    return next(f for f in report.findings if f.id == check_id)
+
+
+def test_catalog_matches_the_contract():
+    assert set(FIXES) == CONTRACT_FIX_IDS == set(FIX_IDS)
+    for fix in FIXES.values():
+        assert fix.title and fix.rationale and "\n" not in fix.summary
+
+
+@pytest.mark.parametrize("fix_id", sorted(CONTRACT_FIX_IDS))
+def test_every_snippet_is_valid_python(fix_id):
+    for target in (FixTarget(), FixTarget(layers=("net.0", "net.2"), activation="relu", widths=(("net.2", 4),))):
+        ast.parse(FIXES[fix_id].snippet(target))
+
+
+def test_sigmoid_dense_stack_vanishing_order():
+    fixes = _fix_ids(_finding(zoo_report("deep-sigmoid-standard"), "vanishing-gradients"))
+    assert fixes[0] == "relu"
+    assert fixes.index("batch-norm") < fixes.index("selu")  # selu only offered for the plain dense stack
+
+
+def test_relu30_vanishing_offers_he_first_and_residual_for_depth():
+    fixes = _fix_ids(_finding(zoo_report("relu30-xavier"), "vanishing-gradients"))
+    assert fixes[0] == "he-init"
+    assert "residual-connections" in fixes and "selu" not in fixes and "relu" not in fixes
+
+
+def test_he_snippet_reinitialises_exactly_the_layers_feeding_relu():
+    finding = _finding(zoo_report("relu30-xavier"), "poor-initialization")
+    snippet = finding.fixes[0].snippet
+    assert "nonlinearity='relu'" in snippet
+    listed = ast.literal_eval(snippet.split("for name in ", 1)[1].split(":\n", 1)[0])
+    assert listed == [str(2 * i) for i in range(30)]  # the 30 hidden layers, not the head "60"
+
+
+def test_recurrent_exploding_clips_first_and_never_batch_norms():
+    layers = [
+        module_record("embed", 0, "embedding", "Embedding", trainable_parameters=10),
+        linear("rnn", 1, kind="linear", followed_by="none"),
+        module_record("lstm", 2, "recurrent", "LSTM", trainable_parameters=10),
+        linear("head", 3, followed_by="none"),
+    ]
+    finding = Finding(id="exploding-gradients", severity=Severity.ERROR, title="t", message="m", layers=("rnn", "head"))
+    fixes = _fix_ids(recommend([finding], evidence(layers))[0])
+    assert fixes[0] == "gradient-clipping" and "batch-norm" not in fixes
+
+
+def test_exploding_from_oversized_init_puts_init_first():
+    fixes = _fix_ids(_finding(zoo_report("relu-exploding"), "exploding-gradients"))
+    assert fixes[:2] == ["he-init", "gradient-clipping"]
+
+
+def test_dead_relu_without_negative_bias_offers_leaky_first_and_lower_lr_when_dying_in_run():
+    layers = [linear("fc", 0), activation("act", 1, dead=0.0), linear("head", 2, followed_by="none")]
+    run_layers = [linear("fc", 0), activation("act", 1, dead=0.9)]
+    ev = evidence(layers, run_layers=run_layers, steps=10, history=(2.3, 2.2, 2.1))
+    findings, _ = run_checks(ev, select=["dead-relu"])
+    fixes = _fix_ids(recommend(findings, ev)[0])
+    assert fixes[0] == "lower-lr" and "fix-bias-init" not in fixes and "leaky-relu" in fixes
+
+
+def test_batch_norm_not_offered_when_the_model_already_normalises():
+    layers = relu_stack(4) + [module_record("norm", 99, "norm", "BatchNorm1d")]
+    finding = Finding(id="activation-variance-collapse", severity=Severity.WARNING, title="t", message="m",
+                      layers=("net.0", "net.2", "net.4"))
+    assert "batch-norm" not in _fix_ids(recommend([finding], evidence(layers))[0])
+
+
+def test_lr_fixes_use_the_users_optimizer_and_lr():
+    ev = evidence(relu_stack(3), steps=10, optimizer="adam", lr=0.5, history=(2.3, 9.0, 50.0, 80.0))
+    findings, _ = run_checks(ev, select=["lr-too-high"])
+    finding = recommend(findings, ev)[0]
+    assert _fix_ids(finding)[0] == "lower-lr"
+    assert "torch.optim.Adam(model.parameters(), lr=0.05)" in finding.fixes[0].snippet
+
+
+def test_adagrad_gets_change_optimizer_to_adam():
+    ev = evidence(relu_stack(6), steps=3, optimizer="adagrad", history=(2.3, 2.2, 2.1))
+    findings, _ = run_checks(ev, select=["adagrad-deep-network"])
+    finding = recommend(findings, ev)[0]
+    assert _fix_ids(finding)[0] == "change-optimizer" and "Adam" in finding.fixes[0].snippet
+
+
+def test_bottleneck_snippet_names_the_layer_and_width():
+    finding = _finding(zoo_report("bottleneck-mlp"), "bottleneck-layer")
+    assert "# 2: 4 units" in finding.fixes[0].snippet
+
+
+def test_recommend_keeps_order_and_is_pure():
+    ev = evidence(relu_stack(3))
+    findings = [Finding(id="no-gradient", severity=Severity.ERROR, title="t", message="m"),
+                Finding(id="unnormalized-inputs", severity=Severity.WARNING, title="t", message="m")]
+    first, second = recommend(findings, ev), recommend(findings, ev)
+    assert first == second and [f.id for f in first] == ["no-gradient", "unnormalized-inputs"]
+    assert findings[1].fixes == ()  # inputs untouched
+    assert _fix_ids(first[1]) == ["normalize-inputs", "batch-norm"]
