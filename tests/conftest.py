@@ -1,0 +1,7 @@
+"""Suite-wide settings."""
+
+import torch
+
+# The models under test are tiny: one intra-op thread is as fast as two, and it keeps OpenMP
+# from spin-waiting for a core when the 2-core CI machine is busy (seen: 1000x slowdowns).
+torch.set_num_threads(1)
