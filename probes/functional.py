@@ -4,6 +4,11 @@ Module hooks only see `nn.ReLU`; most real models call `F.relu` inside `forward`
 rebuilt from a torch.export archive calls `aten.relu.default`. Both pass through
 `__torch_function__`, so this mode sees them and hands them to the session, which attributes each
 call to the module whose forward is running.
+
+Every torch call made while a mode is on the stack pays a Python dispatch, so the mode is not
+entered for the whole `attach` block: the session switches it on only while a module that may
+call activations itself is running (a container or custom module), and off inside modules whose
+forward is known (Linear, Conv, norms, activation modules), in the loss, backward and optimizer.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ class FunctionalActivations(TorchFunctionMode):
         super().__init__()
         self._session = session
         self._families: dict[object, str | None] = {}
+        self.on_stack = False
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
@@ -39,3 +45,34 @@ class FunctionalActivations(TorchFunctionMode):
         if family is not None and isinstance(out, torch.Tensor):
             self._session._observe_function(func, family, args, kwargs or {}, out)
         return out
+
+    def switch(self, on: bool) -> None:
+        """Put the mode on the torch-function stack, or take it off (only from the top).
+
+        When something pushed its own mode above ours, ours stays where it is: still correct,
+        only slower, and `remove()` takes it out at the end.
+        """
+        if on == self.on_stack:
+            return
+        if on:
+            torch._C._push_on_torch_function_stack(self)
+            self.on_stack = True
+            return
+        depth = torch._C._len_torch_function_stack()
+        if depth and torch._C._get_function_stack_at(depth - 1) is self:
+            torch._C._pop_torch_function_stack()
+            self.on_stack = False
+
+    def remove(self) -> None:
+        """Take the mode off the stack wherever it is, keeping every other mode in order."""
+        if not self.on_stack:
+            return
+        above = []
+        while torch._C._len_torch_function_stack():
+            mode = torch._C._pop_torch_function_stack()
+            if mode is self:
+                break
+            above.append(mode)
+        for mode in reversed(above):
+            torch._C._push_on_torch_function_stack(mode)
+        self.on_stack = False

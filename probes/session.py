@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import math
 from collections.abc import Iterator
@@ -13,18 +12,15 @@ from torch import nn
 
 from probes import distributed
 from probes.functional import FunctionalActivations
-from probes.records import ActivationStats, GradientStats, LayerRecord, WeightStats
-from probes.stats import (
-    ACTIVATION_WIDTH,
-    GRADIENT_WIDTH,
-    MomentAccumulator,
-    activation_part,
-    alive_units,
-    gradient_part,
-    saturation_bounds,
-    tracks_dead,
-    unit_dim,
+from probes.gradients import (
+    HookHandles,
+    ParamGradients,
+    current_backward_id,
+    queue_after_backward,
+    register_output_hook,
 )
+from probes.records import ActivationStats, GradientStats, LayerRecord, WeightStats
+from probes.stats import saturation_bounds, tracks_dead, unit_dim
 from probes.targets import (
     ACTIVATION_MODULES,
     WEIGHTED_KINDS,
@@ -39,7 +35,7 @@ from probes.targets import (
 )
 from probes.tracker import Frame, LayerState, ModuleStack
 from probes.updates import UpdateTracker
-from probes.weights import WEIGHT_WIDTH, weight_part
+from probes.weights import weight_moments, weight_parts
 
 _CONV1D_TYPES = frozenset({"Conv1d", "ConvTranspose1d", "LazyConv1d"})
 
@@ -65,18 +61,24 @@ def _first_float_tensor(value, depth: int = 0) -> torch.Tensor | None:
     return None
 
 
-def _no_torch_function():
-    # Our own reductions must not be seen by the functional mode (nor pay for it).
-    disable = getattr(torch._C, "DisableTorchFunction", None)
-    return disable() if disable is not None else contextlib.nullcontext()
+def _is_silent_builtin(module: nn.Module, kind: str | None) -> bool:
+    """A torch.nn leaf that is not probed and calls no activation (Dropout, pooling, Flatten, ...).
+
+    Such modules get no hooks at all: nothing is measured on them, and any op they run is
+    attributed to their parent, which is where it would be reported anyway.
+    """
+    return (
+        kind is None
+        and type(module).__module__.startswith("torch.nn.modules.")
+        and next(iter(module.children()), None) is None
+    )
 
 
 @dataclasses.dataclass(slots=True)
-class _ParamState:
+class _Param:
     layer: str
     local_name: str
     numel: int
-    sq: MomentAccumulator = dataclasses.field(default_factory=MomentAccumulator)  # count = calls
 
 
 class Session:
@@ -86,47 +88,62 @@ class Session:
         self.model = model
         self._states: dict[str, LayerState] = {}
         self._modules: dict[str, nn.Module] = {}
-        self._params: dict[int, _ParamState] = {}
+        self._params: list[_Param] = []
+        self._param_grads = ParamGradients(params=[])
         self._stack = ModuleStack()
+        self._mode = FunctionalActivations(self)
+        self._handles = HookHandles()
         self._next_index = 0
         self._forward_id = 0
         self._after_conv1d = False
         self._open = True
-        self._tensor_handles: list = []
+        self._backward_queued = -2  # id of the backward pass whose parameter read is queued
         self._updates: UpdateTracker | None = None
+        self._param_counts: dict[str, tuple[int, int]] = {}  # layer -> (all, trainable)
         self._device: torch.device | None = None
 
     # ---- setup -------------------------------------------------------------------------------
 
     def _install(self, stack: ExitStack) -> None:
         model = self.model
+        stack.callback(self._close)  # first in, last out: runs after every handle is removed
         exported = exported_type_names(model)
+        tracked: list[torch.Tensor] = []
         for name, module in model.named_modules():
             type_name = type_name_of(module, name, exported)
-            has_params = any(True for _ in module.parameters(recurse=False))
+            has_params = next(module.parameters(recurse=False), None) is not None
             kind = kind_of(type_name, has_params)
-            is_activation = kind == "activation"
+            if module is not model and _is_silent_builtin(module, kind):
+                continue
+            state = None
             if kind is not None:
-                family = ACTIVATION_MODULES.get(type_name) if is_activation else None
-                bounds = saturation_bounds(
-                    family, getattr(module, "min_val", None), getattr(module, "max_val", None)
-                )
-                self._states[name] = LayerState(
+                family = ACTIVATION_MODULES.get(type_name) if kind == "activation" else None
+                state = LayerState(
                     name=name, type_name=type_name, kind=kind, source="module", owner=name,
-                    family=family, bounds=bounds, tracks_dead=tracks_dead(family),
+                    family=family, tracks_dead=tracks_dead(family),
+                    bounds=saturation_bounds(
+                        family, getattr(module, "min_val", None), getattr(module, "max_val", None)
+                    ),
                 )
+                self._states[name] = state
                 self._modules[name] = module
+                direct = list(module.parameters(recurse=False))
+                self._param_counts[name] = (
+                    sum(p.numel() for p in direct), sum(p.numel() for p in direct if p.requires_grad)
+                )
                 for local, param in module.named_parameters(recurse=False):
                     if param.requires_grad:
-                        self._params[id(param)] = _ParamState(name, local, param.numel())
-                        stack.enter_context(param.register_hook(self._param_hook(self._params[id(param)])))
-            stack.enter_context(module.register_forward_pre_hook(self._enter(name, is_activation)))
+                        self._params.append(_Param(name, local, param.numel()))
+                        tracked.append(param)
+            # Known leaf types never call a user-visible activation: the mode stays off inside.
+            observes = kind is None or kind == "other" or module is model
+            stack.enter_context(module.register_forward_pre_hook(self._enter(name, observes)))
             stack.enter_context(
                 module.register_forward_hook(
-                    self._leave(name, self._states.get(name), type_name), always_call=True
+                    self._leave(name, state, type_name in _CONV1D_TYPES), always_call=True
                 )
             )
-        stack.enter_context(FunctionalActivations(self))
+        self._param_grads = ParamGradients(params=tracked)
         trainable = [
             (name, [p for p in self._modules[name].parameters(recurse=False) if p.requires_grad])
             for name in self._states
@@ -137,7 +154,6 @@ class Session:
             param_layer={id(p): i for i, (_, params) in enumerate(trainable) for p in params},
         )
         self._updates.register(stack)
-        stack.callback(self._close)
         for param in model.parameters():
             self._device = param.device
             break
@@ -146,39 +162,49 @@ class Session:
         self._open = False
         if self._updates is not None:
             self._updates.active = False
-        for handle in self._tensor_handles:
-            handle.remove()
-        self._tensor_handles.clear()
+        self._mode.remove()
+        self._handles.remove_all()
         self._stack.frames.clear()
 
     # ---- hooks -------------------------------------------------------------------------------
 
-    def _enter(self, name: str, is_activation: bool):
+    def _enter(self, name: str, observes: bool):
+        frames = self._stack.frames
+        mode = self._mode
+
         def pre_hook(module, args):
-            if not self._stack.frames:
+            if not self._open:
+                return
+            if not frames:
                 self._forward_id += 1
-            self._stack.push(Frame(name=name, is_activation=is_activation))
+            frames.append(Frame(name=name, observes_functions=observes))
+            mode.switch(observes)
 
         return pre_hook
 
-    def _leave(self, name: str, state: LayerState | None, type_name: str):
-        conv1d = type_name in _CONV1D_TYPES
+    def _leave(self, name: str, state: LayerState | None, conv1d: bool):
+        frames = self._stack.frames
+        mode = self._mode
 
         def post_hook(module, args, output):
+            if not self._open:
+                return
+            mode.switch(False)  # our own reductions must not pass through the mode
             try:
-                if state is not None and self._open:
+                if state is not None:
                     if state.kind in WEIGHTED_KINDS:
                         self._after_conv1d = conv1d
                     self._observe_output(state, output)
             finally:
                 self._stack.pop(name)
+                mode.switch(frames[-1].observes_functions if frames else False)
 
         return post_hook
 
     def _observe_function(self, func, family, args, kwargs, out: torch.Tensor) -> None:
         frame = self._stack.top
-        if frame is None or frame.is_activation or not self._open:
-            return  # outside the model, or inside an activation module that has its own record
+        if frame is None or not frame.observes_functions or not self._open:
+            return  # outside the model, or inside a module that has its own record
         display = function_display_name(func)
         nth = frame.function_calls.get(display, 0)
         frame.function_calls[display] = nth + 1
@@ -201,64 +227,51 @@ class Session:
         self._observe_output(state, out)
 
     def _observe_output(self, state: LayerState, output) -> None:
-        y = _first_float_tensor(output)
+        y = output if type(output) is torch.Tensor else _first_float_tensor(output)
         state.calls += 1
-        if y is None:
+        if y is None or not y.is_floating_point():
             return
         if state.index < 0:
             state.index = self._next_index
             self._next_index += 1
             state.output_shape = tuple(y.shape)
-        with torch.no_grad(), _no_torch_function():
-            data = y.detach()
-            state.activation.add(activation_part(data, state.bounds), data.numel())
-            if state.tracks_dead and data.dim() > 0:
-                alive = alive_units(data, unit_dim(data, self._after_conv1d))
-                state.units = int(alive.numel())
-                if state.alive is None or state.alive.shape != alive.shape:
-                    state.alive = alive
-                else:
-                    state.alive = state.alive | alive
-                if state.alive_last_forward != self._forward_id or state.alive_last is None or (
-                    state.alive_last.shape != alive.shape
-                ):
-                    state.alive_last = alive
-                    state.alive_last_forward = self._forward_id
-                else:
-                    state.alive_last = state.alive_last | alive
+        data = y.detach()  # reductions of a detached tensor record no graph: no no_grad() needed
+        state.activation.add(data, state.bounds)
+        if state.tracks_dead and data.dim() > 0 and data.numel() > 0:
+            state.alive.add(data, unit_dim(data, self._after_conv1d), self._forward_id)
         if y.requires_grad and torch.is_grad_enabled():
             try:
-                self._tensor_handles.append(y.register_hook(self._output_grad_hook(state)))
+                self._handles.add(register_output_hook(y, self._output_grad_hook(state)))
             except RuntimeError:
-                pass  # a tensor that cannot take hooks (e.g. some in-place views): no output grad
+                pass  # a tensor that cannot take hooks: no output gradient for this call
 
     def _output_grad_hook(self, state: LayerState):
         def hook(grad: torch.Tensor) -> None:
-            if not self._open or grad is None:
+            if not self._open:
                 return
-            with torch.no_grad(), _no_torch_function():
-                state.output_gradient.add(gradient_part(_as_float(grad)), grad.numel())
-                state.output_gradient_calls += 1
+            state.output_gradient.add(grad.detach())
+            backward = current_backward_id()
+            if backward != self._backward_queued and self._params:
+                self._backward_queued = backward
+                queue_after_backward(self._after_backward)
 
         return hook
 
-    def _param_hook(self, param_state: _ParamState):
-        def hook(grad: torch.Tensor) -> None:
-            if not self._open or grad is None:
-                return
-            with torch.no_grad(), _no_torch_function():
-                flat = _as_float(grad).reshape(-1)
-                param_state.sq.add(torch.dot(flat, flat).double().reshape(1), 1)
-
-        return hook
+    def _after_backward(self) -> None:
+        if self._open:
+            self._param_grads.measure()
 
     # ---- collect -----------------------------------------------------------------------------
 
     def collect(self, reduce: bool = True) -> list[LayerRecord]:
         """One record per probed layer in execution order; the only host sync of the session.
 
-        Inside an initialised torch.distributed group, sums and counts are all-reduced first
-        (`reduce=True`), so every rank gets the statistics of all ranks' batches together.
+        Inside an initialised torch.distributed group (and `reduce=True`), sums, counts and
+        alive-unit masks are all-reduced, so every rank gets the statistics of all ranks'
+        batches together (exact for mean, std, dead and saturated fractions, nonfinite counts,
+        output-gradient RMS). Parameter-gradient numbers are then the root-mean-square over
+        ranks of each rank's local gradient (see probes/gradients.py); weights and update ratios
+        are the local ones, identical on every rank under DDP. Every rank must call collect().
         """
         executed = sorted((s for s in self._states.values() if s.index >= 0), key=lambda s: s.index)
         unused = [
@@ -267,101 +280,87 @@ class Session:
         ]
         states = executed + unused
         device = self._device or torch.device("cpu")
-        with torch.no_grad(), _no_torch_function():
-            sums, masks, fixed = self._gather(states, device)
-            if reduce and distributed.world_size() > 1:
-                sums = distributed.reduce_sums(sums)
-                if masks.numel():
-                    masks = distributed.reduce_any(masks)
-            host = torch.cat((sums, masks.double(), fixed)).cpu().tolist()
-        return self._records(states, executed, host, sums.numel(), masks.numel())
+        plan = _TransferPlan(device)
+        sum_slots = []
+        for state in states:
+            act, grad = state.activation, state.output_gradient
+            sum_slots.append(tuple(plan.scalars(total.parts()) for total in (
+                act.total, act.total_sq, act.nonfinite, act.saturated, grad.total_sq, grad.nonfinite,
+            )))
+        distributed_run = reduce and distributed.world_size() > 1
+        mask_states = [s for s in states if s.alive.maxima() is not None]
+        masks = [m for s in mask_states for m in s.alive.maxima()]
+        if distributed_run and masks:
+            masks = distributed.reduce_max_list(masks)
+        mask_slots = [plan.vector(m) for m in masks]
+        param_parts = self._param_grads.parts()
+        param_slots = [(key, plan.vector(vec)) for key, vec in param_parts]
+        weighted = [
+            (s, weight) for s in states
+            if s.source == "module" and s.kind in WEIGHTED_KINDS
+            and (weight := main_weight(self._modules[s.name], s.kind)) is not None
+        ]
+        bias_of = [self._bias(s) for s, _ in weighted]
+        weight_slots = [
+            plan.vector(row)
+            for row in weight_parts([(w, b) for (_, (_, w)), b in zip(weighted, bias_of)])
+        ]
+        update_slots = [plan.vector(v) for v in self._updates.parts()] if self._updates else []
+        with torch.no_grad():
+            host = plan.fetch()
+
+        totals = [
+            [plan.total(host, slot) for slot in slots] + [float(s.activation.count),
+             float(s.output_gradient.count), float(s.output_gradient.calls)]
+            for s, slots in zip(states, sum_slots)
+        ]
+        param_totals = [0.0] * len(self._params)
+        param_calls = [0.0] * len(self._params)
+        for key, slot in param_slots:
+            values = plan.values(host, slot)
+            for position, value in zip(key, values):
+                param_totals[position] += value
+        for key, calls in self._param_grads.calls.items():
+            for position in key:
+                param_calls[position] += calls
+        if distributed_run:
+            flat = [v for row in totals for v in row] + param_totals + param_calls
+            flat = distributed.reduce_host_sums(flat, device)
+            width = len(totals[0]) if totals else 0
+            totals = [flat[i * width:(i + 1) * width] for i in range(len(totals))]
+            rest = flat[len(totals) * width:]
+            param_totals, param_calls = rest[:len(self._params)], rest[len(self._params):]
+        alive = {}
+        mask_values = iter(mask_slots)
+        for state in mask_states:
+            overall, latest = plan.values(host, next(mask_values)), plan.values(host, next(mask_values))
+            alive[state.name] = (overall, latest)
+        weights = {
+            s.name: (plan.values(host, slot), w.numel(), 0 if b is None else b.numel())
+            for (s, (_, w)), b, slot in zip(weighted, bias_of, weight_slots)
+        }
+        if self._updates is not None:
+            self._updates.absorb([plan.values(host, slot) for slot in update_slots])
+        params_by_layer: dict[str, list[tuple[_Param, float, float]]] = {}
+        for param, total, calls in zip(self._params, param_totals, param_calls):
+            params_by_layer.setdefault(param.layer, []).append((param, total, calls))
+        return self._records(states, executed, totals, alive, weights, params_by_layer)
+
+    def _bias(self, state: LayerState) -> torch.Tensor | None:
+        bias = getattr(self._modules[state.name], "bias", None)
+        return bias if isinstance(bias, torch.Tensor) and bias.numel() > 0 else None
 
     def _trainable(self, name: str) -> bool:
-        return any(p.requires_grad for p in self._modules[name].parameters(recurse=False))
+        return self._param_counts[name][1] > 0
 
-    def _layer_params(self, name: str) -> list[_ParamState]:
-        return [ps for ps in self._params.values() if ps.layer == name]
-
-    def _gather(self, states: list[LayerState], device: torch.device):
-        sum_parts: list[torch.Tensor] = []
-        mask_parts: list[torch.Tensor] = []
-        fixed_parts: list[torch.Tensor] = []
-        for state in states:
-            counts = torch.tensor(
-                [float(state.activation.count), float(state.output_gradient.count),
-                 float(state.output_gradient_calls)],
-                dtype=torch.float64, device=device,
-            )
-            sum_parts += [
-                counts,
-                state.activation.total(ACTIVATION_WIDTH, device).to(device),
-                state.output_gradient.total(GRADIENT_WIDTH, device).to(device),
-            ]
-            for param in self._layer_params(state.name):
-                sum_parts.append(param.sq.total(1, device).to(device))
-                sum_parts.append(torch.tensor([float(param.sq.count)], dtype=torch.float64, device=device))
-            for mask in (state.alive, state.alive_last):
-                if state.tracks_dead and state.units:
-                    mask_parts.append(
-                        mask.to(device).double() if mask is not None
-                        else torch.zeros(state.units, dtype=torch.float64, device=device)
-                    )
-            if state.source == "module" and state.kind in WEIGHTED_KINDS:
-                weight = main_weight(self._modules[state.name], state.kind)
-                if weight is not None:
-                    fixed_parts.append(weight_part(self._modules[state.name], weight[1]).to(device))
-        updates = self._updates.history(device) if self._updates else torch.zeros((0, 0))
-        fixed_parts.append(updates.reshape(-1).to(device))
-
-        def cat(parts):
-            return torch.cat(parts) if parts else torch.zeros(0, dtype=torch.float64, device=device)
-
-        return cat(sum_parts), cat(mask_parts), cat(fixed_parts)
-
-    def _records(self, states, executed, host: list[float], n_sums: int, n_masks: int) -> list[LayerRecord]:
-        sums = iter(host[:n_sums])
-        masks = host[n_sums:n_sums + n_masks]
-        fixed = iter(host[n_sums + n_masks:])
-        mask_pos = 0
-        partial: list[dict] = []
-        for state in states:
-            act_count, grad_count, grad_calls = next(sums), next(sums), next(sums)
-            s1, s2, finite, saturated = (next(sums) for _ in range(ACTIVATION_WIDTH))
-            g2, g_finite = (next(sums) for _ in range(GRADIENT_WIDTH))
-            param_sq: list[tuple[_ParamState, float, float]] = []
-            for param in self._layer_params(state.name):
-                param_sq.append((param, next(sums), next(sums)))
-            dead = dead_last = None
-            if state.tracks_dead and state.units:
-                alive_all = masks[mask_pos:mask_pos + state.units]
-                alive_last = masks[mask_pos + state.units:mask_pos + 2 * state.units]
-                mask_pos += 2 * state.units
-                dead = 1.0 - sum(1.0 for v in alive_all if v > 0) / state.units
-                dead_last = 1.0 - sum(1.0 for v in alive_last if v > 0) / state.units
-            weight_values = None
-            if state.source == "module" and state.kind in WEIGHTED_KINDS:
-                if main_weight(self._modules[state.name], state.kind) is not None:
-                    weight_values = [next(fixed) for _ in range(WEIGHT_WIDTH)]
-            partial.append(dict(
-                state=state, act=(act_count, s1, s2, finite, saturated), grad=(grad_count, grad_calls, g2, g_finite),
-                params=param_sq, dead=(dead, dead_last), weight_values=weight_values,
-            ))
-        update_history = list(fixed)
-        return self._assemble(partial, executed, update_history)
-
-    def _assemble(self, partial, executed, update_history) -> list[LayerRecord]:
-        update_names = self._updates.layer_names if self._updates else []
-        n_layers = len(update_names)
-        steps = len(update_history) // n_layers if n_layers else 0
-        per_layer_updates = {
-            name: [update_history[step * n_layers + i] for step in range(steps)]
-            for i, name in enumerate(update_names)
-        }
+    def _records(self, states, executed, totals, alive, weights, params_by_layer) -> list[LayerRecord]:
+        ratios = self._updates.ratios if self._updates else {}
         context = _following_context(executed)
         records: list[LayerRecord] = []
-        for position, item in enumerate(partial):
-            state: LayerState = item["state"]
+        for position, (state, row) in enumerate(zip(states, totals)):
+            s1, s2, nonfinite, saturated, g2, g_nonfinite, count, g_count, g_calls = row
             followed_by, normalized = context.get(state.name, (None, False))
+            params = params_by_layer.get(state.name, [])
             records.append(
                 LayerRecord(
                     name=state.name, type=state.type_name,
@@ -373,12 +372,14 @@ class Session:
                     parameters=self._count_params(state, trainable_only=False),
                     trainable_parameters=self._count_params(state, trainable_only=True),
                     params_without_gradient=tuple(
-                        p.local_name for p, total, calls in item["params"] if calls == 0 or total == 0.0
+                        p.local_name for p, total, calls in params if calls == 0 or total == 0.0
                     ),
-                    activation=_activation_stats(state, item["act"], item["dead"]),
-                    gradient=_gradient_stats(item["grad"], item["params"]),
-                    weight=self._weight_stats(state, item["weight_values"], followed_by, normalized),
-                    **_update_fields(per_layer_updates.get(state.name)),
+                    activation=_activation_stats(
+                        state, (count, s1, s2, nonfinite, saturated), alive.get(state.name)
+                    ),
+                    gradient=_gradient_stats((g_count, g_calls, g2, g_nonfinite), params),
+                    weight=self._weight_stats(state, weights.get(state.name), followed_by, normalized),
+                    **_update_fields(ratios.get(state.name)),
                 )
             )
         return records
@@ -386,17 +387,15 @@ class Session:
     def _count_params(self, state: LayerState, trainable_only: bool) -> int:
         if state.source != "module":
             return 0
-        return sum(
-            p.numel() for p in self._modules[state.name].parameters(recurse=False)
-            if p.requires_grad or not trainable_only
-        )
+        return self._param_counts[state.name][1 if trainable_only else 0]
 
-    def _weight_stats(self, state, values, followed_by, normalized) -> WeightStats | None:
-        if values is None:
+    def _weight_stats(self, state, measured, followed_by, normalized) -> WeightStats | None:
+        if measured is None:
             return None
+        values, weight_numel, bias_numel = measured
         module = self._modules[state.name]
-        name, weight = main_weight(module, state.kind)
-        w_std, w_mean, b_std, b_mean = values
+        _, weight = main_weight(module, state.kind)
+        w_std, w_mean, b_std, b_mean = weight_moments(values, weight_numel, bias_numel)
         fan_in = fan_out = None
         scheme = expected = None
         if state.kind in ("linear", "conv", "attention", "other"):
@@ -406,43 +405,87 @@ class Session:
                 expected = expected_std(scheme, fan_in, fan_out)
         return WeightStats(
             std=w_std, mean=w_mean, expected_std=expected, scheme=scheme, fan_in=fan_in, fan_out=fan_out,
-            normalized=normalized, frozen=not any(p.requires_grad for p in module.parameters(recurse=False)),
-            numel=weight.numel(), bias_mean=None if math.isnan(b_mean) else b_mean,
-            bias_std=None if math.isnan(b_std) else b_std,
+            normalized=normalized, frozen=not self._trainable(state.name),
+            numel=weight_numel, bias_mean=b_mean, bias_std=b_std,
         )
 
 
-def _as_float(t: torch.Tensor) -> torch.Tensor:
-    return t if t.dtype in (torch.float32, torch.float64) else t.float()
+class _TransferPlan:
+    """Lays out every device value a collect needs in one tensor, fetched with one host copy."""
+
+    def __init__(self, device: torch.device) -> None:
+        self._device = device
+        self._scalars: list[torch.Tensor] = []
+        self._vectors: list[torch.Tensor] = []
+        self._vector_sizes: list[int] = []
+
+    def scalars(self, parts: list[torch.Tensor]) -> tuple[int, int]:
+        start = len(self._scalars)
+        self._scalars.extend(parts)
+        return (start, len(self._scalars))
+
+    def vector(self, tensor: torch.Tensor) -> tuple[int, int]:
+        start = sum(self._vector_sizes)
+        self._vectors.append(tensor.reshape(-1))
+        self._vector_sizes.append(tensor.numel())
+        return (start, start + tensor.numel())
+
+    def fetch(self) -> tuple[list[float], list[float]]:
+        device = self._device
+        pieces = []
+        if self._scalars:
+            pieces.append(torch.stack([self._on(t) for t in self._scalars]).double())
+        pieces += [self._on(v) for v in self._vectors]
+        if not pieces:
+            return [], []
+        flat = torch.cat(pieces).double() if len(pieces) > 1 else pieces[0].double()
+        host = flat.cpu().tolist()  # the one device -> host sync of a collect
+        n = len(self._scalars)
+        return host[:n], host[n:]
+
+    def _on(self, tensor: torch.Tensor) -> torch.Tensor:
+        return tensor if tensor.device == self._device else tensor.to(self._device)
+
+    @staticmethod
+    def total(host, slot: tuple[int, int]) -> float:
+        return math.fsum(host[0][slot[0]:slot[1]])
+
+    @staticmethod
+    def values(host, slot: tuple[int, int]) -> list[float]:
+        return host[1][slot[0]:slot[1]]
 
 
-def _finite_or_none(value: float) -> float | None:
-    return value
-
-
-def _activation_stats(state: LayerState, act, dead) -> ActivationStats:
-    count, s1, s2, finite, saturated = act
-    dead_fraction, dead_last = dead
+def _activation_stats(state: LayerState, act, alive) -> ActivationStats:
+    count, s1, s2, nonfinite, saturated = act
+    units = len(alive[1]) if alive else None
     if count <= 0:
-        return ActivationStats(units=state.units)
+        return ActivationStats(units=units)
     mean = s1 / count
-    variance = max(s2 / count - mean * mean, 0.0) if math.isfinite(s2) and math.isfinite(mean) else float("nan")
+    if math.isfinite(s2) and math.isfinite(mean):
+        std = math.sqrt(max(s2 / count - mean * mean, 0.0))
+    else:
+        std = float("nan")
+    dead = dead_last = None
+    if alive:
+        overall, latest = alive
+        dead = 1.0 - sum(1 for v in overall if v > 0) / len(overall)
+        dead_last = 1.0 - sum(1 for v in latest if v > 0) / len(latest)
     return ActivationStats(
         mean=mean,
-        std=math.sqrt(variance) if math.isfinite(variance) else float("nan"),
-        dead_fraction=dead_fraction,
+        std=std,
+        dead_fraction=dead,
         saturated_fraction=(saturated / count) if state.bounds is not None else None,
-        nonfinite=int(round(count - finite)),
+        nonfinite=int(round(nonfinite)),
         count=int(count),
-        units=state.units,
+        units=units,
         dead_fraction_last=dead_last,
     )
 
 
 def _gradient_stats(grad, params) -> GradientStats:
-    count, calls, g2, g_finite = grad
+    count, calls, g2, g_nonfinite = grad
     output_rms = math.sqrt(g2 / count) if count > 0 else None
-    nonfinite = int(round(count - g_finite)) if count > 0 else 0
+    nonfinite = int(round(g_nonfinite))
     param_norm = param_rms = None
     param_calls = max((c for _, _, c in params), default=0)
     if param_calls > 0:
@@ -501,7 +544,13 @@ def _following_context(executed: list[LayerState]) -> dict[str, tuple[str, bool]
 
 @contextmanager
 def attach(model: nn.Module) -> Iterator[Session]:
-    """Probe `model` while the block runs; every hook and mode is removed on exit, also on error."""
+    """Probe `model` while the block runs; every hook and mode is removed on exit, also on error.
+
+    Nothing about the model changes: hooks return None, statistics are computed on detached
+    tensors, no activation is kept (memory O(layers)), and training flags, `requires_grad` and
+    the global RNG state are never touched. Outputs and gradients are bit-for-bit the ones
+    computed without probes.
+    """
     if not isinstance(model, nn.Module):
         raise TypeError(f"probes.attach expects an nn.Module, got {type(model).__name__}")
     session = Session(model)

@@ -1,21 +1,54 @@
-"""On-device reductions of one observed tensor, and merging them into exact totals.
+"""On-device reductions of one observed tensor, and exact running totals of them.
 
-Every function here runs under `torch.no_grad()` and returns device tensors: nothing is synced
-with the host, nothing keeps a reference to the observed tensor. Per call we keep only a handful
-of scalars (and, for ReLU outputs, one boolean per unit), so memory is O(layers), not O(activations).
+Every reduction returns 0-dim device tensors; nothing keeps a reference to the observed tensor,
+so memory is O(layers), not O(activations). Totals are plain sums (count, sum, sum of squares,
+counts of non-finite and saturated values), so merging calls, and ranks of a distributed job, is
+exact; mean and std are derived from them once, at collect time.
+
+Speed notes (measured on the 2-core CPU this was tuned on, see benchmarks/overhead.py):
+- `torch.var_mean` takes a slow Welford path on CPU (~7x a plain sum), and ops that produce bool
+  tensors (`isfinite`, `>`) are ~10-20x slower than float arithmetic, so everything here is a
+  chain of float ops ending in a sum.
+- The sum of squares is accumulated in the tensor's own precision (float32 for float32
+  activations, via `dot`), so the variance derived as E[y^2] - E[y]^2 loses about
+  1e-7 * mean^2 / var of relative precision: negligible unless |mean| > ~300 std.
+- Counting non-finite values needs a pass of its own. `sum(y)` is finite exactly when every
+  element is (barring overflow, which only makes us count needlessly), so on CPU, where reading a
+  0-dim result is no device sync, the count is computed only when the sum is not finite. On an
+  accelerator it is always computed, on the device, to avoid a sync per call.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
 
 from probes.targets import DEAD_CAPABLE, SATURATION_BOUNDS
 
-# Lists of per-call scalars are folded into one running total once they reach this length, so a
-# session attached for thousands of steps still holds O(layers) tensors.
+# Pending per-call 0-dim results are folded into one running total once this many have piled
+# up, so a session attached for thousands of steps still holds O(layers) tensors.
 FOLD_EVERY = 64
+
+
+@dataclass(slots=True)
+class Sum:
+    """An exact float64 total of 0-dim device tensors, added without any host sync."""
+
+    pending: list[torch.Tensor] = field(default_factory=list)
+    folded: torch.Tensor | None = None
+
+    def add(self, value: torch.Tensor) -> None:
+        self.pending.append(value)
+        if len(self.pending) >= FOLD_EVERY:
+            total = torch.stack(self.pending).double().sum()
+            self.folded = total if self.folded is None else self.folded + total
+            self.pending = []
+
+    def parts(self) -> list[torch.Tensor]:
+        """The 0-dim tensors whose sum is the total (for one batched transfer at collect)."""
+        return self.pending if self.folded is None else [self.folded, *self.pending]
 
 
 def unit_dim(tensor: torch.Tensor, after_conv1d: bool) -> int:
@@ -27,75 +60,127 @@ def unit_dim(tensor: torch.Tensor, after_conv1d: bool) -> int:
     return tensor.dim() - 1
 
 
-@dataclass(slots=True)
-class MomentAccumulator:
-    """Exact count, sum and sum of squares (float64) of everything observed, built lazily.
+def _float_view(y: torch.Tensor) -> torch.Tensor:
+    flat = y.reshape(-1)
+    return flat if flat.dtype in (torch.float32, torch.float64) else flat.float()
 
-    Each call contributes (n, n*mean, n*(var + mean^2)) from one fused `var_mean`; totals are sums,
-    so merging calls, and ranks in a distributed job, is exact up to float64 rounding.
+
+def _known_finite(total: torch.Tensor) -> bool:
+    """True when `total` (a sum over a tensor) proves every element finite, without a device sync."""
+    return total.device.type == "cpu" and math.isfinite(total.item())
+
+
+def nonfinite_count(flat: torch.Tensor) -> torch.Tensor:
+    """Number of NaN/Inf elements: y*0 is 0 for finite values and NaN otherwise."""
+    return (flat * 0).nan_to_num_(1.0).sum(dtype=torch.float64)
+
+
+def saturated_count(
+    flat: torch.Tensor, bounds: tuple[float, float, bool], finite: bool
+) -> torch.Tensor:
+    """Number of elements in the saturation band of `bounds`; NaN never counts as saturated.
+
+    Float-only: sign(max(|y - c| - h, 0)) is 1 strictly outside the band's inner interval.
+    """
+    low, high, inclusive = bounds
+    center = (low + high) / 2.0
+    half = (high - low) / 2.0
+    deviation = (flat - center).abs_() if center else flat.abs()
+    if not inclusive:  # saturated when |y - c| > h
+        marks = deviation.sub_(half).clamp_(min=0.0).sign_()
+        if not finite:
+            marks.nan_to_num_(0.0)
+        return marks.sum(dtype=torch.float64)
+    # Inclusive bands (hard bounds reached exactly): count the strict inside and subtract.
+    inside = deviation.neg_().add_(half).clamp_(min=0.0).sign_()
+    if not finite:
+        inside.nan_to_num_(1.0)
+    return flat.numel() - inside.sum(dtype=torch.float64)
+
+
+def unit_max(y: torch.Tensor, dim: int) -> torch.Tensor:
+    """Largest value of each unit over samples (and positions): positive iff the unit fired."""
+    other = tuple(d for d in range(y.dim()) if d != dim)
+    return y.amax(dim=other) if other else y.clone()
+
+
+@dataclass(slots=True)
+class ActivationAccumulator:
+    """Running totals of one layer's outputs over every call."""
+
+    count: int = 0  # elements observed (a Python int: counting never touches the device)
+    total: Sum = field(default_factory=Sum)
+    total_sq: Sum = field(default_factory=Sum)
+    nonfinite: Sum = field(default_factory=Sum)
+    saturated: Sum = field(default_factory=Sum)
+
+    def add(self, y: torch.Tensor, bounds: tuple[float, float, bool] | None) -> None:
+        flat = _float_view(y)
+        s1 = flat.sum()
+        self.count += flat.numel()
+        self.total.add(s1)
+        self.total_sq.add(torch.dot(flat, flat))
+        finite = _known_finite(s1)
+        if not finite:
+            self.nonfinite.add(nonfinite_count(flat))
+        if bounds is not None:
+            self.saturated.add(saturated_count(flat, bounds, finite))
+
+
+@dataclass(slots=True)
+class GradientAccumulator:
+    """Running totals of the gradient with respect to one layer's outputs."""
+
+    count: int = 0
+    calls: int = 0
+    total_sq: Sum = field(default_factory=Sum)
+    nonfinite: Sum = field(default_factory=Sum)
+
+    def add(self, grad: torch.Tensor) -> None:
+        flat = _float_view(grad)
+        s2 = torch.dot(flat, flat)
+        self.count += flat.numel()
+        self.calls += 1
+        self.total_sq.add(s2)
+        if not _known_finite(s2):
+            self.nonfinite.add(nonfinite_count(flat))
+
+
+@dataclass(slots=True)
+class AliveUnits:
+    """Per-unit maxima of a ReLU-family output: over the whole session, and the latest forward.
+
+    A unit is alive when its maximum is positive. Maxima merge with `fmax` (NaN-ignoring), and
+    the latest forward's maxima fold into the session's only when the next forward starts, so a
+    call costs one `amax` and one `fmax`.
     """
 
-    parts: list[torch.Tensor] = field(default_factory=list)
-    count: int = 0  # elements observed; a Python int so that counting never touches the device
+    earlier: torch.Tensor | None = None  # maxima over every forward before `forward`
+    latest: torch.Tensor | None = None  # maxima over the calls of forward number `forward`
+    forward: int = -1
 
-    def add(self, part: torch.Tensor, count: int) -> None:
-        self.count += count
-        self.parts.append(part)
-        if len(self.parts) >= FOLD_EVERY:
-            self.parts = [torch.stack(self.parts).sum(0)]
+    @property
+    def units(self) -> int | None:
+        return None if self.latest is None else int(self.latest.numel())
 
-    def total(self, width: int, device: torch.device | None) -> torch.Tensor:
-        if not self.parts:
-            return torch.zeros(width, dtype=torch.float64, device=device)
-        return torch.stack(self.parts).sum(0)
+    def add(self, y: torch.Tensor, dim: int, forward: int) -> None:
+        maxima = unit_max(y, dim)
+        if self.latest is not None and self.latest.shape != maxima.shape:
+            self.earlier = self.latest = None  # the unit count changed: start over
+        if self.latest is None:
+            self.latest, self.forward = maxima, forward
+        elif forward == self.forward:
+            self.latest = torch.fmax(self.latest, maxima)
+        else:
+            self.earlier = self.latest if self.earlier is None else torch.fmax(self.earlier, self.latest)
+            self.latest, self.forward = maxima, forward
 
-
-def activation_part(y: torch.Tensor, bounds: tuple[float, float, bool] | None) -> torch.Tensor:
-    """[sum, sum of squares, finite count, saturated count] of one output, as float64."""
-    n = y.numel()
-    var, mean = torch.var_mean(y, correction=0)
-    finite = torch.isfinite(y).sum()
-    if bounds is not None:
-        low, high, inclusive = bounds
-        center = (low + high) / 2.0
-        half = (high - low) / 2.0
-        deviation = (y - center).abs_() if center else y.abs()
-        saturated = (deviation >= half if inclusive else deviation > half).sum()
-    else:
-        saturated = finite.new_zeros(())
-    mean64 = mean.double()
-    return torch.stack(
-        (
-            mean64 * n,
-            (var.double() + mean64 * mean64) * n,
-            finite.double(),
-            saturated.double(),
-        )
-    )
-
-
-ACTIVATION_WIDTH = 4
-
-
-def alive_units(y: torch.Tensor, dim: int) -> torch.Tensor:
-    """One bool per unit: did it output a positive value for any sample (and position)?"""
-    positive = y > 0
-    other = tuple(d for d in range(y.dim()) if d != dim)
-    return positive.any(dim=other) if other else positive
-
-
-def gradient_part(g: torch.Tensor) -> torch.Tensor:
-    """[sum of squares, finite count] of one gradient, as float64."""
-    flat = g.reshape(-1)
-    return torch.stack(
-        (
-            torch.dot(flat, flat).double() if flat.is_floating_point() else flat.double().square().sum(),
-            torch.isfinite(flat).sum().double(),
-        )
-    )
-
-
-GRADIENT_WIDTH = 2
+    def maxima(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(over the session, over the latest forward), or None before any call."""
+        if self.latest is None:
+            return None
+        overall = self.latest if self.earlier is None else torch.fmax(self.earlier, self.latest)
+        return overall, self.latest
 
 
 def saturation_bounds(family: str | None, min_val: float | None = None, max_val: float | None = None):

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import torch
-
-from probes.stats import MomentAccumulator
+from probes.stats import ActivationAccumulator, AliveUnits, GradientAccumulator
 
 
 @dataclass(slots=True)
@@ -24,21 +22,22 @@ class LayerState:
     index: int = -1  # execution order, set when the layer first produces an output
     calls: int = 0
     output_shape: tuple[int, ...] | None = None
-    units: int | None = None
-    activation: MomentAccumulator = field(default_factory=MomentAccumulator)
-    output_gradient: MomentAccumulator = field(default_factory=MomentAccumulator)
-    output_gradient_calls: int = 0
-    alive: torch.Tensor | None = None  # bool per unit, OR over every call of the session
-    alive_last: torch.Tensor | None = None  # bool per unit, OR over the latest forward of the model
-    alive_last_forward: int = -1
+    activation: ActivationAccumulator = field(default_factory=ActivationAccumulator)
+    output_gradient: GradientAccumulator = field(default_factory=GradientAccumulator)
+    alive: AliveUnits = field(default_factory=AliveUnits)
 
 
 @dataclass(slots=True)
 class Frame:
-    """A module whose forward is running, with per-call counters of the functions it called."""
+    """A module whose forward is running, with per-call counters of the functions it called.
+
+    `observes_functions` is False for modules whose forward is known not to call a user-visible
+    activation (Linear, Conv, norms, activation modules, ...): the functional mode is switched
+    off while they run, which saves a Python dispatch per op inside them.
+    """
 
     name: str
-    is_activation: bool
+    observes_functions: bool
     function_calls: dict[str, int] = field(default_factory=dict)
 
 
@@ -50,8 +49,9 @@ class ModuleStack:
         self.frames.append(frame)
 
     def pop(self, name: str) -> None:
-        # Pop down to the matching frame: a forward that raised inside a child left its frame
-        # behind only if that child's post-hook did not run; always_call=True makes that rare.
+        # Pop down to the matching frame: post-hooks use always_call=True, so a forward that
+        # raised still pops its own frame; this only guards against a frame left by a hook
+        # that could not run at all.
         while self.frames:
             frame = self.frames.pop()
             if frame.name == name:

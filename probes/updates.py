@@ -3,58 +3,56 @@
 Global optimizer step hooks see every optimizer; each one only measures the parameters of the
 probed model. The pre-step snapshot is a transient copy of those parameters, freed as soon as
 the step is measured (it cannot be avoided: the update is only known once the step is done).
+Per step this is a handful of fused `_foreach` ops; the per-layer ratios are formed on the host
+at collect time from the per-parameter norms.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
 from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
 
-from probes.stats import FOLD_EVERY
-
 
 @dataclass(slots=True)
 class _Plan:
     params: list[torch.Tensor]
-    index: torch.Tensor
-    present: torch.Tensor
+    layers: tuple[int, ...]  # layer position of each parameter
 
 
 @dataclass(slots=True)
 class UpdateTracker:
     layer_names: list[str]
     param_layer: dict[int, int]  # id(parameter) -> position in layer_names
-    ratios: list[torch.Tensor] = field(default_factory=list)  # each [steps, layers]
-    steps: int = 0
+    steps: list[tuple[tuple[int, ...], torch.Tensor]] = field(default_factory=list)
+    ratios: dict[str, list[float]] = field(default_factory=dict)  # per layer, one per step
     active: bool = True
     _plans: dict[int, _Plan] = field(default_factory=dict)
     _snapshot: list[torch.Tensor] | None = None
     _plan: _Plan | None = None
+
+    def __post_init__(self) -> None:
+        self.ratios = {name: [] for name in self.layer_names}
 
     def register(self, stack) -> None:
         stack.enter_context(register_optimizer_step_pre_hook(self._before_step))
         stack.enter_context(register_optimizer_step_post_hook(self._after_step))
 
     def _plan_for(self, optimizer) -> _Plan | None:
-        key = id(optimizer)
-        plan = self._plans.get(key)
         params = [
             p for group in optimizer.param_groups for p in group["params"] if id(p) in self.param_layer
         ]
+        plan = self._plans.get(id(optimizer))
         if plan is not None and len(plan.params) == len(params) and all(
             a is b for a, b in zip(plan.params, params)
         ):
             return plan
         if not params:
             return None
-        device = params[0].device
-        index = torch.tensor([self.param_layer[id(p)] for p in params], device=device)
-        present = torch.zeros(len(self.layer_names), dtype=torch.bool, device=device)
-        present[index] = True
-        plan = _Plan(params=params, index=index, present=present)
-        self._plans[key] = plan
+        plan = _Plan(params=params, layers=tuple(self.param_layer[id(p)] for p in params))
+        self._plans[id(optimizer)] = plan
         return plan
 
     def _before_step(self, optimizer, args, kwargs) -> None:
@@ -64,7 +62,7 @@ class UpdateTracker:
         if self._plan is None:
             return
         with torch.no_grad():
-            self._snapshot = [p.detach().clone() for p in self._plan.params]
+            self._snapshot = torch._foreach_mul([p.detach() for p in self._plan.params], 1.0)
 
     def _after_step(self, optimizer, args, kwargs) -> None:
         plan, snapshot = self._plan, self._snapshot
@@ -74,23 +72,25 @@ class UpdateTracker:
         with torch.no_grad():
             current = [p.detach() for p in plan.params]
             deltas = torch._foreach_sub(current, snapshot)
-            delta_norms = torch.stack(torch._foreach_norm(deltas)).double()
-            weight_norms = torch.stack(torch._foreach_norm(snapshot)).double()
-            del deltas, snapshot
-            layers = len(self.layer_names)
-            delta_sq = torch.zeros(layers, dtype=torch.float64, device=plan.index.device)
-            weight_sq = torch.zeros_like(delta_sq)
-            delta_sq.index_add_(0, plan.index, delta_norms * delta_norms)
-            weight_sq.index_add_(0, plan.index, weight_norms * weight_norms)
-            ratio = delta_sq.sqrt() / weight_sq.sqrt().clamp_min(1e-30)
-            ratio = torch.where(plan.present, ratio, torch.full_like(ratio, float("nan")))
-        self.ratios.append(ratio.unsqueeze(0))
-        self.steps += 1
-        if len(self.ratios) >= FOLD_EVERY:
-            self.ratios = [torch.cat(self.ratios)]
+            norms = torch.stack(torch._foreach_norm(deltas) + torch._foreach_norm(snapshot))
+        self.steps.append((plan.layers, norms.double()))
 
-    def history(self, device) -> torch.Tensor:
-        """[steps, layers] ratios (NaN where a layer's parameters were not in that optimizer)."""
-        if not self.ratios:
-            return torch.zeros((0, len(self.layer_names)), dtype=torch.float64, device=device)
-        return torch.cat([r.to(device) for r in self.ratios])
+    def parts(self) -> list[torch.Tensor]:
+        """Device norms of the steps taken since the last collect (absorbed by `absorb`)."""
+        return [norms for _, norms in self.steps]
+
+    def absorb(self, host_norms: list[list[float]]) -> None:
+        """Turn the host copies of `parts()` into per-layer ratios (NaN: layer not in that step)."""
+        for (layers, _), norms in zip(self.steps, host_norms):
+            half = len(layers)
+            delta_sq = [0.0] * len(self.layer_names)
+            weight_sq = [0.0] * len(self.layer_names)
+            present = [False] * len(self.layer_names)
+            for i, layer in enumerate(layers):
+                delta_sq[layer] += norms[i] ** 2
+                weight_sq[layer] += norms[half + i] ** 2
+                present[layer] = True
+            for layer, name in enumerate(self.layer_names):
+                ratio = math.sqrt(delta_sq[layer]) / max(math.sqrt(weight_sq[layer]), 1e-30)
+                self.ratios[name].append(ratio if present[layer] else float("nan"))
+        self.steps = []

@@ -1,0 +1,106 @@
+"""Gradient measurements: w.r.t. each probed output, and of each parameter after backward.
+
+Output gradients: the forward hook registers a pre-hook on the autograd node that produced the
+output (`grad_fn.register_prehook`), which receives the gradient w.r.t. that output as it was
+produced. Not `register_full_backward_hook` (it breaks with `nn.ReLU(inplace=True)`), and not a
+tensor hook either: a tensor hook registered before an in-place op (a following in-place ReLU)
+receives the gradient w.r.t. the tensor *after* the in-place op, i.e. the ReLU's output gradient,
+not the Linear's.
+
+Parameter gradients: rather than one hook per parameter, the first output-gradient hook of each
+backward pass queues an engine callback that runs once the pass is done and reads every tracked
+parameter's `.grad` with one fused `_foreach_norm`. So the numbers describe `.grad` after each
+backward (what the optimizer sees, accumulated if the caller does not zero it). Under DDP that
+callback runs before DDP copies the averaged buckets back, so each rank measures its own local
+gradient; `collect()` then reports the root-mean-square over ranks of those local norms (a
+rank-mean, not the norm of the averaged gradient).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from probes.stats import FOLD_EVERY
+
+# Registered hook handles are pruned of dead graphs (their hook dicts freed with the graph)
+# every this many registrations, so a long session holds O(live graphs) handles.
+PRUNE_EVERY = 4096
+
+
+@dataclass(slots=True)
+class ParamGradients:
+    """Squared gradient norms of the tracked parameters, one vector per backward pass."""
+
+    params: list[torch.Tensor]
+    # presence pattern (indices into params whose .grad existed) -> list of per-pass vectors
+    pending: dict[tuple[int, ...], list[torch.Tensor]] = field(default_factory=dict)
+    folded: dict[tuple[int, ...], torch.Tensor] = field(default_factory=dict)
+    calls: dict[tuple[int, ...], int] = field(default_factory=dict)
+
+    def measure(self) -> None:
+        grads, present = [], []
+        for i, param in enumerate(self.params):
+            grad = param.grad
+            if grad is not None:
+                grads.append(grad if grad.dtype in (torch.float32, torch.float64) else grad.float())
+                present.append(i)
+        if not grads:
+            return
+        key = tuple(present)
+        squares = torch.stack(torch._foreach_norm(grads)).double().square_()
+        bucket = self.pending.setdefault(key, [])
+        bucket.append(squares)
+        self.calls[key] = self.calls.get(key, 0) + 1
+        if len(bucket) >= FOLD_EVERY:
+            total = torch.stack(bucket).sum(0)
+            self.folded[key] = total + self.folded[key] if key in self.folded else total
+            bucket.clear()
+
+    def parts(self) -> list[tuple[tuple[int, ...], torch.Tensor]]:
+        """(presence pattern, vector of squared norms) whose sums are the totals."""
+        out = [(key, vec) for key, vec in self.folded.items()]
+        out += [(key, vec) for key, bucket in self.pending.items() for vec in bucket]
+        return out
+
+
+class HookHandles:
+    """Handles of per-call hooks on autograd nodes: removed on exit, pruned as graphs die."""
+
+    def __init__(self) -> None:
+        self._handles: list = []
+
+    def add(self, handle) -> None:
+        self._handles.append(handle)
+        if len(self._handles) % PRUNE_EVERY == 0:
+            self._handles = [h for h in self._handles if h.hooks_dict_ref() is not None]
+
+    def remove_all(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+
+def register_output_hook(output: torch.Tensor, hook) -> object:
+    """Call `hook(grad)` with the gradient w.r.t. `output` as produced; returns the handle."""
+    node = output.grad_fn
+    if node is None:  # a leaf (e.g. a parameter returned as is): a tensor hook is exact here
+        return output.register_hook(hook)
+    slot = output.output_nr
+
+    def prehook(grad_outputs):
+        grad = grad_outputs[slot] if slot < len(grad_outputs) else None
+        if grad is not None:
+            hook(grad)
+
+    return node.register_prehook(prehook)
+
+
+def current_backward_id() -> int:
+    """Id of the backward pass running on this thread (-1 outside backward)."""
+    return torch._C._current_graph_task_id()
+
+
+def queue_after_backward(callback) -> None:
+    torch.autograd.Variable._execution_engine.queue_callback(callback)
