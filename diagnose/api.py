@@ -133,7 +133,9 @@ def diagnose_loaded(
 
 def _run_notes(evidence: Evidence) -> tuple[str, ...]:
     run = evidence.run
-    notes = [f"one forward and backward pass at initialisation on a {run.inputs} batch"]
+    batch = {"synthetic": "a synthetic batch", "example": "the model's own example batch",
+             "file": "the given batch"}.get(run.inputs, f"a {run.inputs} batch")
+    notes = [f"one forward and backward pass at initialisation on {batch}"]
     if run.steps > 0:
         notes.append(
             f"short run: {run.steps} {run.optimizer} steps at lr={run.lr:g} on one fixed batch "

@@ -16,7 +16,8 @@ import torch.nn.functional as F
 from torch import nn
 
 HERE = Path(__file__).resolve().parent
-EXAMPLE_BATCH = 16  # kept small; diagnose grows it along the dynamic batch dimension
+# 64 samples: enough for a dead-unit or saturation share to mean something; the batch dim stays dynamic.
+EXAMPLE_BATCH = 64
 
 
 class MLP(nn.Module):
