@@ -17,8 +17,8 @@ def test_too_short_or_diverging_runs_are_left_alone():
     assert check_module.check(diverging, T) == []
 
 
-def test_vanishing_network_stalls_in_a_real_run():
-    assert only(zoo_report("relu30-xavier", steps=10), ID)
+def test_dead_network_stalls_in_a_real_run():
+    assert only(zoo_report("relu-negative-bias", steps=10), ID)
 
 
 def test_learning_model_is_quiet():

@@ -25,8 +25,9 @@ def test_sick_model_triggers_expected_checks(case):
 
 
 # Dense healthy models are cheap enough to also train for a few steps: the dynamics checks must
-# stay quiet on a model that learns (SGD, lr=0.01, the contract's defaults).
-@pytest.mark.parametrize("name", ["relu-mlp-default", "tanh-glorot", "selu-lecun", "lstm-classifier"])
+# stay quiet on a model that learns (SGD, lr=0.01, the contract's defaults). The LSTM learns the
+# slowest of the zoo under plain SGD (1.5 % in 20 steps): the tightest case for loss-not-decreasing.
+@pytest.mark.parametrize("name", ["relu-mlp-default", "lstm-classifier"])
 def test_healthy_model_short_run_is_quiet(name):
     report = zoo_report(name, steps=10)
     assert [f.id for f in report.findings if f.severity >= Severity.WARNING] == []
