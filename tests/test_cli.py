@@ -368,7 +368,7 @@ def test_list_shows_checks_and_fixes(runner, fake_registry):
     lines = result.stdout.splitlines()
     assert any(line.split()[:2] == ["dead-relu", "error"] and "never fire" in line for line in lines)
     assert any(line.split()[:2] == ["bottleneck-layer", "info"] for line in lines)
-    assert any(line.split()[:1] == ["he-init"] and "He initialization" in line for line in lines)
+    assert any(line.split()[:1] == ["he-init"] and "for ReLU-like layers" in line for line in lines)
 
 
 def test_explain_known_and_unknown(runner, fake_registry):

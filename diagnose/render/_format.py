@@ -26,7 +26,7 @@ def number(value: float | int | None, digits: int = 3) -> str:
     if isinstance(value, bool):
         return str(value).lower()
     if isinstance(value, int):
-        return f"{value:,}" if abs(value) >= 10_000 else str(value)
+        return f"{value:,}"
     if math.isnan(value):
         return "nan"
     if math.isinf(value):
@@ -53,8 +53,18 @@ def value(item: object) -> str:
     return str(item)
 
 
-def evidence_items(evidence: Mapping[str, object]) -> str:
-    return ", ".join(f"{key}={value(item)}" for key, item in evidence.items())
+# A finding's evidence can carry per-layer numbers for dozens of layers; the first few tell the
+# story in a human report, and the JSON report keeps them all.
+EVIDENCE_ITEMS_SHOWN = 8
+
+
+def evidence_items(evidence: Mapping[str, object], limit: int | None = EVIDENCE_ITEMS_SHOWN) -> str:
+    items = list(evidence.items())
+    shown = items if limit is None else items[:limit]
+    text = ", ".join(f"{key}={value(item)}" for key, item in shown)
+    if len(items) > len(shown):
+        text += f" and {len(items) - len(shown)} more (in the JSON report)"
+    return text
 
 
 def layer_list(names: Sequence[str], limit: int = 8) -> str:

@@ -109,7 +109,7 @@ def _layer_table(report: Report, *, ascii_only: bool, width: int) -> RenderableT
     ratios = fmt.update_ratios(ev)
     grad_rms = [fmt.gradient_rms(r) for r in ev.layers]
     act_bars = log_bars([r.activation.std for r in ev.layers], ascii_only=ascii_only)
-    grad_bars = log_bars(grad_rms, ascii_only=ascii_only)
+    grad_bars = _gradient_bars(ev.layers, grad_rms, ascii_only=ascii_only)
 
     headers = ["#", "layer", "type", "act std", "", "dead", "sat", "grad rms", "", "weight / expected"]
     if show_updates:
@@ -148,7 +148,7 @@ def _layer_table(report: Report, *, ascii_only: bool, width: int) -> RenderableT
         show_edge=False,
         pad_edge=False,
         padding=0,
-        caption="grad rms: of the parameters; of the output for layers without parameters"
+        caption="grad rms: of the parameters; of the output for layers without parameters (own bar scale)"
         + ("; update: |dW|/|W| per step" if show_updates else ""),
         caption_justify="left",
         caption_style="dim",
@@ -168,6 +168,21 @@ def _layer_table(report: Report, *, ascii_only: bool, width: int) -> RenderableT
         nonfinite = record.activation.nonfinite or record.gradient.nonfinite
         table.add_row(*row, style="red" if nonfinite else None)
     return table
+
+
+def _gradient_bars(layers, grad_rms: Sequence[float | None], *, ascii_only: bool) -> list[str]:
+    """Bars for parameter gradients and for output gradients, each on its own scale.
+
+    The two are different quantities (a ReLU's output gradient is often 100x smaller than the
+    next Linear's weight gradient); on one shared scale the parameter-free rows would look like
+    dips and hide the trend over depth that the bars are there to show.
+    """
+    bars = [""] * len(layers)
+    for output_only in (False, True):
+        indices = [i for i, r in enumerate(layers) if (r.parameters == 0) is output_only]
+        for i, bar in zip(indices, log_bars([grad_rms[i] for i in indices], ascii_only=ascii_only)):
+            bars[i] = bar
+    return bars
 
 
 def shorten_middle(text: str, width: int, *, ascii_only: bool = False) -> str:

@@ -97,3 +97,17 @@ def test_bars_have_fixed_width(values, ascii_only):
     for value, bar in zip(values, bars):
         if value is not None and value > 0:
             assert bar.strip(), "a positive value always shows a bar"
+
+
+def test_output_gradients_have_their_own_bar_scale():
+    report = build_sick_report()
+    text = render_terminal(report)
+    rows = {line.split()[1]: line for line in text.splitlines() if re.match(r"^\s*\d+ \S+\s+(Linear|Sigmoid) ", line)}
+    # net.5 (Sigmoid, no parameters) has the largest output gradient of its kind: a full bar,
+    # although weight gradients of the Linear layers are on a different scale
+    def grad_bar(name: str, grad_text: str) -> str:
+        return rows[name].split(grad_text, 1)[1][:BAR_CELLS + 1]
+
+    assert "████████" in grad_bar("net.5", "2.0e-03")
+    assert "████████" in grad_bar("net.6", "0.021")
+    assert grad_bar("net.0", "3.1e-09").strip() == "▏"
