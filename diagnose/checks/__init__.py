@@ -123,7 +123,10 @@ def run_checks(
     for check_id in thresholds:
         if check_id not in _BY_ID:
             raise DiagnoseError(_unknown(check_id, "check id in thresholds"))
-    ignores = {pattern: tuple(ids) for pattern, ids in (per_layer_ignores or {}).items()}
+    ignores = {
+        pattern: (ids,) if isinstance(ids, str) else tuple(ids)  # one id given as a bare string
+        for pattern, ids in (per_layer_ignores or {}).items()
+    }
     for ids in ignores.values():
         for check_id in ids:
             if check_id not in _BY_ID and check_id != "*":

@@ -70,6 +70,8 @@ def test_per_layer_ignores_drop_layers_then_findings():
     assert next(f for f in findings if f.id == "dead-relu").layers == ("net.3",)
     findings, _ = run_checks(_dead_and_flat(), per_layer_ignores={"net.[13]": ["dead-relu"]})
     assert "dead-relu" not in {f.id for f in findings}
+    findings, _ = run_checks(_dead_and_flat(), per_layer_ignores={"net.1": "dead-relu"})
+    assert next(f for f in findings if f.id == "dead-relu").layers == ("net.3",)
     findings, _ = run_checks(_dead_and_flat(), per_layer_ignores={"net.*": ["no-gradient"]})
     assert "dead-relu" in {f.id for f in findings}
 
