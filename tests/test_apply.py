@@ -206,6 +206,26 @@ def test_relu_swaps_functional_activations_in_every_spelling(x):
     assert fixed.fc2.weight.std().item() == pytest.approx(math.sqrt(2.0 / HIDDEN), rel=0.25)
 
 
+def test_swapped_calls_are_probed_as_the_new_activation_in_nested_blocks(x):
+    """The probes must see the substituted function (relu), not the one the code names (sigmoid):
+    the swap mode has to sit above the probes' own mode while a block calls its activation."""
+
+    class Block(nn.Module):
+        def __init__(self, fan_in: int, fan_out: int) -> None:
+            super().__init__()
+            self.fc = nn.Linear(fan_in, fan_out)
+
+        def forward(self, t):
+            return torch.sigmoid(self.fc(t))
+
+    torch.manual_seed(0)
+    model = nn.Sequential(Block(IN, HIDDEN), Block(HIDDEN, HIDDEN), nn.Linear(HIDDEN, OUT))
+    fixed = apply_fix("relu", model, _workload(x), _records(model, x)).module
+    activations = [r for r in _records(fixed, x) if r.kind == "activation"]
+    assert [(r.name, r.activation_kind) for r in activations] == [("0.relu()", "relu"), ("1.relu()", "relu")]
+    assert all(r.activation.saturated_fraction is None and r.activation.dead_fraction is not None for r in activations)
+
+
 def test_swap_survives_a_deep_copy(x):
     """The run deep-copies the model it is given: the copy must still run the swapped activations."""
     torch.manual_seed(0)
