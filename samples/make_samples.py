@@ -1,4 +1,4 @@
-"""Regenerate the bundled sample archives: `python samples/make_samples.py` (deterministic).
+"""Regenerate the bundled sample archives: `python samples/make_samples.py [NAME...] [--out DIR]`.
 
 Each sample is a torch.export archive with a dynamic batch dimension and its own example
 inputs, so `diagnose check samples/NAME.pt2` needs no other option. Healthy samples must come
@@ -140,9 +140,13 @@ def export_sample(name: str, out_dir: Path = HERE) -> Path:
 
 
 def main(argv: list[str]) -> int:
-    names = argv or list(SAMPLES)
-    for name in names:
-        print(export_sample(name))
+    out_dir = HERE
+    if "--out" in argv:
+        at = argv.index("--out")
+        out_dir = Path(argv[at + 1])
+        argv = argv[:at] + argv[at + 2:]
+    for name in argv or list(SAMPLES):
+        print(export_sample(name, out_dir))
     return 0
 
 

@@ -41,9 +41,10 @@ def test_user_model_rng_and_flags_are_left_as_found():
     torch.manual_seed(0)
     model = _mlp()
     model.eval()
+    x = torch.randn(32, 16)
     before = copy.deepcopy(model.state_dict())
     rng = torch.get_rng_state()
-    diagnose.check(model, torch.randn(32, 16), steps=3, optimizer="adam", lr=1e-3)
+    diagnose.check(model, x, steps=3, optimizer="adam", lr=1e-3)
     assert not model.training
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert all(p.grad is None for p in model.parameters())
