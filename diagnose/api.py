@@ -117,6 +117,7 @@ def diagnose_loaded(
         thresholds=settings.thresholds,
         per_layer_ignores=settings.per_layer_ignores,
     )
+    checks_run = _checks_that_ran(checks_run, evidence)
     findings = recommend(findings, evidence)
     if settings.try_fixes and findings:
         from diagnose.verify import verify_findings
@@ -131,6 +132,16 @@ def diagnose_loaded(
     )
 
 
+def _checks_that_ran(checks_run, evidence: Evidence) -> tuple[str, ...]:
+    """Dynamics checks judge nothing without a training run: they are not listed as passed."""
+    if evidence.run.steps > 0:
+        return tuple(checks_run)
+    from diagnose.checks import CHECKS
+
+    needs_run = {spec.id for spec in CHECKS if spec.needs_run}
+    return tuple(c for c in checks_run if c not in needs_run)
+
+
 def _run_notes(evidence: Evidence) -> tuple[str, ...]:
     run = evidence.run
     batch = {"synthetic": "a synthetic batch", "example": "the model's own example batch",
@@ -141,6 +152,8 @@ def _run_notes(evidence: Evidence) -> tuple[str, ...]:
             f"short run: {run.steps} {run.optimizer} steps at lr={run.lr:g} on one fixed batch "
             "(the overfit-one-batch test), on a copy of the model"
         )
+    else:
+        notes.append("no training steps: pass --steps N to run the learning-rate and loss-trend checks")
     return tuple(notes)
 
 

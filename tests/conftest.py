@@ -5,3 +5,12 @@ import torch
 # The models under test are tiny: one intra-op thread is as fast as two, and it keeps OpenMP
 # from spin-waiting for a core when the 2-core CI machine is busy (seen: 1000x slowdowns).
 torch.set_num_threads(1)
+
+
+def pytest_addoption(parser) -> None:
+    parser.addoption(
+        "--update-golden",
+        action="store_true",
+        default=False,
+        help="rewrite tests/golden/* from the current renderers instead of comparing",
+    )

@@ -1,6 +1,6 @@
 """Hand-made reports (no torch, fully deterministic) and the golden-file helper for renderer tests.
 
-`pytest tests/render --update-golden` (or DIAGNOSE_UPDATE_GOLDEN=1) rewrites the golden files
+`pytest --update-golden` (or DIAGNOSE_UPDATE_GOLDEN=1) rewrites the golden files
 instead of comparing against them; review the diff before committing.
 """
 
@@ -19,15 +19,6 @@ from diagnose.severity import Severity
 from probes.records import ActivationStats, GradientStats, LayerRecord, WeightStats
 
 GOLDEN_DIR = Path(__file__).resolve().parent.parent / "golden"
-
-
-def pytest_addoption(parser: pytest.Parser) -> None:
-    parser.addoption(
-        "--update-golden",
-        action="store_true",
-        default=False,
-        help="rewrite tests/golden/* from the current renderers instead of comparing",
-    )
 
 
 @pytest.fixture
