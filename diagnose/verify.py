@@ -66,8 +66,8 @@ class _Outcome:
 
     evidence: Evidence | None
     change: str = ""
-    not_applicable: str | None = None  # could not be applied automatically (verified stays None)
-    failed: str | None = None  # applied, but the fixed copy did not run
+    not_applicable: str | None = None  # cannot be applied automatically, by design (verified stays None)
+    failed: str | None = None  # tried and broke (rebuild or run): the note for a resolved=False verification
 
 
 def verify_findings(
@@ -129,12 +129,15 @@ def _try(fix_id: str, module, workload, layers, baseline: Evidence) -> _Outcome:
         trial = apply_fix(fix_id, module, workload, layers)
     except FixNotApplicable as exc:
         return _Outcome(None, not_applicable=str(exc))
+    except Exception as exc:  # a model the rebuild does not understand: say so on this fix, go on
+        return _Outcome(None, failed=f"could not be applied to this model ({type(exc).__name__}: {exc})")
     try:
         fixed = measure_evidence(trial.module, trial.workload, baseline)
     except DiagnoseError as exc:
-        return _Outcome(None, change=trial.change, failed=str(exc))
+        return _Outcome(None, change=trial.change, failed=f"{trial.change}; the fixed copy did not run: {exc}")
     except Exception as exc:  # a rebuilt model that cannot run is a result of the trial, not a crash
-        return _Outcome(None, change=trial.change, failed=f"{type(exc).__name__}: {exc}")
+        return _Outcome(None, change=trial.change,
+                        failed=f"{trial.change}; the fixed copy did not run ({type(exc).__name__}: {exc})")
     return _Outcome(fixed, change=trial.change)
 
 
@@ -146,8 +149,7 @@ def _judge(
     metric, before = finding_metric(finding, baseline)
     if outcome.evidence is None:
         return replace(fix, verified=Verification(
-            metric=metric, before=before, after=None, resolved=False,
-            note=f"{outcome.change}; the fixed copy did not run: {outcome.failed}",
+            metric=metric, before=before, after=None, resolved=False, note=outcome.failed,
         ))
     _, after = finding_metric(finding, outcome.evidence)
     still, _ = run_checks(

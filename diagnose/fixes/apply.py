@@ -266,10 +266,10 @@ class ActivationSwap(TorchFunctionMode):
     module that calls `torch.sigmoid` inside its own forward).
     """
 
-    def __init__(self, swap: _Swap, swap_calls: int | None) -> None:
+    def __init__(self, swap: _Swap, swap_calls: int) -> None:
         super().__init__()
         self.swap = swap
-        self.swap_calls = swap_calls  # source calls per forward to substitute (None: all)
+        self.swap_calls = swap_calls  # source calls per forward to substitute, in execution order
         self.seen = 0
         self.suspended = 0
         self._families: dict[object, str | None] = {}
@@ -281,7 +281,7 @@ class ActivationSwap(TorchFunctionMode):
             return func(*args, **kwargs)
         ordinal = self.seen
         self.seen += 1
-        if self.swap_calls is not None and ordinal >= self.swap_calls:
+        if ordinal >= self.swap_calls:
             return func(*args, **kwargs)
         x = args[0] if args else kwargs.get("input", kwargs.get("self"))
         if not isinstance(x, torch.Tensor):
@@ -358,7 +358,9 @@ def swap_activations(model: nn.Module, fix_id: str, layers: Sequence[LayerRecord
     output_calls = sum(
         max(r.calls, 1) for r in function_records if last_weighted is not None and r.index > last_weighted
     )
-    mode = ActivationSwap(swap, total_calls - output_calls if function_records else None)
+    # Calls the probes did not record (none at all: a model without functional activations) stay
+    # as they are: only what was seen and judged is changed.
+    mode = ActivationSwap(swap, total_calls - output_calls)
 
     replaced = 0
     for node in _nodes(model):
