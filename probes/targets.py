@@ -29,6 +29,19 @@ ACTIVATION_MODULES: dict[str, str] = {
     "Hardswish": "hardswish",
     "Softsign": "softsign",
     "LogSigmoid": "logsigmoid",
+    # Hugging Face activation modules (transformers.activations). Without these, their forward
+    # would be opened up and e.g. the tanh inside GPT-2's NewGELUActivation reported as a tanh.
+    "GELUActivation": "gelu",
+    "NewGELUActivation": "gelu",
+    "FastGELUActivation": "gelu",
+    "QuickGELUActivation": "gelu",
+    "AccurateGELUActivation": "gelu",
+    "ClippedGELUActivation": "gelu",
+    "GELUTanh": "gelu",
+    "PytorchGELUTanh": "gelu",
+    "SiLUActivation": "silu",
+    "MishActivation": "mish",
+    "ReLUSquaredActivation": "relu",
 }
 
 # Function name (F.relu, torch.relu_, Tensor.sigmoid, aten.tanh.default, ...) -> family.

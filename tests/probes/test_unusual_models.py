@@ -1,0 +1,192 @@
+"""Models that are not a plain stack: recurrent, structured outputs, frozen, shared, GPT-2."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import pytest
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+import probes
+
+
+def probe(model, inputs, loss=lambda out: out.pow(2).sum()):
+    with probes.attach(model) as session:
+        loss(model(*inputs)).backward()
+    return {r.name: r for r in session.collect()}
+
+
+class LSTMClassifier(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(20, 6)
+        self.lstm = nn.LSTM(6, 8, batch_first=True)
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, tokens):
+        out, (h, c) = self.lstm(self.embed(tokens))
+        return self.head(h[-1])
+
+
+def test_lstm_classifier():
+    torch.manual_seed(0)
+    model = LSTMClassifier()
+    tokens = torch.randint(0, 20, (4, 5))
+    records = probe(model, (tokens,))
+    assert [records[n].kind for n in ("embed", "lstm", "head")] == ["embedding", "recurrent", "linear"]
+    lstm = records["lstm"]
+    out, _ = model.lstm(model.embed(tokens))
+    assert lstm.output_shape == (4, 5, 8)  # the first tensor of the (output, (h, c)) tuple
+    assert lstm.activation.std == pytest.approx(out.detach().double().std(correction=0).item(), rel=1e-5)
+    assert lstm.gradient.param_norm > 0 and lstm.weight.fan_in is None  # no init scheme for gates
+    assert records["embed"].gradient.param_norm > 0
+
+
+@dataclass
+class Prediction:
+    logits: torch.Tensor
+    aux: torch.Tensor
+
+
+class Structured(nn.Module):
+    def __init__(self, kind: str) -> None:
+        super().__init__()
+        self.kind = kind
+        self.fc = nn.Linear(4, 4)
+        self.head = nn.Linear(4, 2)
+
+    def forward(self, x):
+        h = F.relu(self.fc(x))
+        logits, aux = self.head(h), h.sum(1)
+        if self.kind == "dict":
+            return {"logits": logits, "aux": aux}
+        if self.kind == "dataclass":
+            return Prediction(logits, aux)
+        if self.kind == "ordered":  # the shape of Hugging Face ModelOutput
+            return OrderedDict(logits=logits, aux=aux)
+        return (logits, aux)
+
+
+def first_output(out):
+    if isinstance(out, dict):
+        return out["logits"]
+    if isinstance(out, Prediction):
+        return out.logits
+    return out[0]
+
+
+@pytest.mark.parametrize("kind", ["dict", "dataclass", "ordered", "tuple"])
+def test_structured_outputs(kind):
+    model = Structured(kind)
+    records = probe(model, (torch.randn(3, 4),), loss=lambda out: first_output(out).sum())
+    assert list(records) == ["fc", "relu()", "head"]
+    assert records["head"].gradient.output_rms == pytest.approx(1.0)  # d(sum)/d(logits) = 1
+    assert records["fc"].gradient.param_norm > 0
+
+
+class TakesModuleOutputs(nn.Module):
+    """A submodule returning a tuple and a dict; the parent uses both."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inner = Structured("dict")
+        self.post = nn.Linear(2, 2)
+
+    def forward(self, x):
+        out = self.inner(x)
+        return self.post(out["logits"]) + out["aux"][:, None]
+
+
+def test_module_returning_a_dict_inside_a_model():
+    records = probe(TakesModuleOutputs(), (torch.randn(3, 4),))
+    assert "inner" not in records  # a container without parameters of its own is not a layer
+    assert records["inner.head"].gradient.output_rms is not None
+
+
+def test_frozen_layers_are_reported_as_frozen_not_broken():
+    model = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2))
+    for p in model[0].parameters():
+        p.requires_grad_(False)
+    model.register_buffer("scale", torch.ones(1))
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    with probes.attach(model) as session:
+        model(torch.randn(5, 4)).sum().backward()
+        optimizer.step()
+    records = {r.name: r for r in session.collect()}
+    frozen = records["0"]
+    assert frozen.weight.frozen is True and frozen.trainable_parameters == 0 and frozen.parameters == 20
+    assert frozen.params_without_gradient == ()
+    assert frozen.gradient.param_norm is None and frozen.update_ratio is None
+    assert records["2"].weight.frozen is False and records["2"].update_ratio > 0
+    assert all(not p.requires_grad for p in model[0].parameters())
+
+
+def test_unused_trainable_layer_is_listed_without_gradient():
+    class Unused(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.used = nn.Linear(3, 3)
+            self.spare = nn.Linear(3, 3)
+
+        def forward(self, x):
+            return self.used(x)
+
+    records = probe(Unused(), (torch.randn(2, 3),))
+    assert records["spare"].calls == 0
+    assert set(records["spare"].params_without_gradient) == {"weight", "bias"}
+    assert records["used"].params_without_gradient == ()
+
+
+def test_recurrent_loop_over_a_cell_merges_calls():
+    class Loop(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.cell = nn.GRUCell(3, 5)
+            self.head = nn.Linear(5, 1)
+
+        def forward(self, xs):
+            h = torch.zeros(xs.shape[1], 5)
+            for x in xs:
+                h = self.cell(x, h)
+            return self.head(torch.tanh(h))
+
+    records = probe(Loop(), (torch.randn(6, 2, 3),))
+    assert records["cell"].calls == 6 and records["cell"].activation.count == 6 * 2 * 5
+    assert records["tanh()"].calls == 1
+
+
+def test_model_on_parameters_of_other_dtype():
+    model = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2)).double()
+    x = torch.randn(5, 3, dtype=torch.float64)
+    records = probe(model, (x,))
+    y = model[0](x)
+    assert records["0"].activation.std == pytest.approx(y.detach().std(correction=0).item(), rel=1e-12)
+
+
+def test_tiny_gpt2_from_config():
+    transformers = pytest.importorskip("transformers")
+    config = transformers.GPT2Config(n_layer=2, n_head=2, n_embd=16, vocab_size=50, n_positions=16)
+    torch.manual_seed(0)
+    model = transformers.GPT2LMHeadModel(config)
+    model.config.use_cache = False
+    tokens = torch.randint(0, 50, (2, 8))
+    with probes.attach(model) as session:
+        out = model(tokens, labels=tokens)
+        out.loss.backward()
+    records = {r.name: r for r in session.collect()}
+    assert records["transformer.wte"].kind == "embedding"
+    attn = records["transformer.h.0.attn.c_attn"]
+    assert attn.type == "Conv1D" and attn.kind == "linear"
+    assert (attn.weight.fan_in, attn.weight.fan_out) == (16, 48)  # Conv1D stores (in, out)
+    assert records["transformer.h.0.ln_1"].kind == "norm"
+    act = records["transformer.h.0.mlp.act"]
+    assert (act.type, act.kind, act.activation_kind) == ("NewGELUActivation", "activation", "gelu")
+    assert records["transformer.h.0.mlp.c_fc"].followed_by == "gelu"
+    assert records["transformer.h.0.mlp.c_fc"].weight.scheme == "he"
+    assert not any(r.source == "function" for r in records.values())  # no tanh from inside the GELU
+    assert all(r.gradient.param_norm and r.gradient.param_norm > 0
+               for r in records.values() if r.trainable_parameters and r.calls)
+    assert records["lm_head"].activation.nonfinite == 0
