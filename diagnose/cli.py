@@ -69,7 +69,7 @@ def check(
     inputs: Annotated[Optional[str], typer.Option("--inputs", metavar="FILE", help="Real inputs: .pt / .npy / .npz.")] = None,
     targets: Annotated[Optional[str], typer.Option("--targets", metavar="FILE", help="Real targets: .pt / .npy / .npz.")] = None,
     loss: Annotated[Optional[str], typer.Option("--loss", metavar="LOSS", help="auto | cross-entropy | mse | MODULE:FN.")] = None,
-    steps: Annotated[Optional[int], typer.Option("--steps", metavar="N", help="Optimizer steps of the short training run (0 = one forward+backward).")] = None,
+    steps: Annotated[Optional[int], typer.Option("--steps", metavar="N", help="Optimizer steps of the short training run on a copy (default 20; 0 = one forward+backward only).")] = None,
     optimizer: Annotated[Optional[str], typer.Option("--optimizer", metavar="NAME", help="sgd | momentum | nesterov | adagrad | rmsprop | adam | adamw | nadam.")] = None,
     lr: Annotated[Optional[float], typer.Option("--lr", metavar="X", help="Learning rate of the short run.")] = None,
     batch_size: Annotated[Optional[int], typer.Option("--batch-size", metavar="N", help="Batch size for synthesized inputs.")] = None,

@@ -35,6 +35,11 @@ LOSSES = ("auto", "cross-entropy", "mse")
 DEFAULT_OPTIMIZER = "sgd"
 DEFAULT_LR = 0.01
 DEFAULT_BATCH_SIZE = 32
+# The command line runs a short training run by default: 20 plain SGD steps are enough for the
+# learning-rate and loss-trend checks to see divergence or a stall, and cost about as much as
+# the forward passes for the small models people check first. `--steps 0` skips it. (The Python
+# API keeps the contract's steps=0 default and says so in its signature.)
+DEFAULT_STEPS = 20
 
 PYPROJECT = "pyproject.toml"
 
@@ -46,7 +51,7 @@ class Settings:
     inputs_path: str | None = None
     targets_path: str | None = None
     loss: str = "auto"
-    steps: int = 0
+    steps: int = DEFAULT_STEPS
     optimizer: str = DEFAULT_OPTIMIZER
     lr: float = DEFAULT_LR
     batch_size: int | None = None
