@@ -138,15 +138,6 @@ def test_high_lr_kills_units_that_were_alive_at_init(data, digits):
     assert all(v == v for v in evidence.loss.history)  # finite: no NaN
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "dead-relu judges the run by ActivationStats.dead_fraction, the share of units zero for "
-        "every sample of EVERY step; a unit that fired at step 0 and died later never counts. "
-        "Proposed: also judge run_layers' dead_fraction_last (dead in the run's last forward) "
-        "against dead_fraction, and report those as died_during_run."
-    ),
-)
 @pytest.mark.parametrize("data", DATA)
 def test_dead_relu_reports_units_that_die_during_the_run(data, digits):
     report = run(data, digits, mlp(), **KILLING)

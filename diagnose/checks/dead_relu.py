@@ -2,7 +2,8 @@
 
 ## What it detects
 A large share of the units of a ReLU layer output exactly zero for every sample of the batch, at
-initialisation or for every step of the short training run.
+initialisation, for every step of the short training run, or by its last step (units that fired at
+first and died while training: the mark of a learning rate that is too high).
 
 ## Why it matters
 A ReLU unit whose input is negative for every sample outputs zero and passes back a zero gradient,
@@ -12,7 +13,8 @@ too high kills them during training.
 
 ## How it is detected
 The probes count, per ReLU / ReLU6 output (function calls such as `F.relu` included), the share of
-units (features, or channels of a conv map) that were zero for every sample. The check fires at
+units (features, or channels of a conv map) that were zero for every sample; over a short run it
+also reads the share dead in the run's last step. The check fires at
 `dead_fraction` (default 0.5, SageMaker Debugger's and TheDeepChecker's "more than half the units")
 and reports an error from `dead_fraction_error` (0.9). Batches with fewer than `min_samples` samples
 per unit are skipped: a healthy unit is zero on a few samples by chance.
@@ -73,10 +75,13 @@ def check(evidence: Evidence, thresholds: Mapping[str, float]) -> list[Finding]:
         at_init = record.activation.dead_fraction
         run_record = run_by_name.get(record.name)
         over_run = run_record.activation.dead_fraction if run_record is not None else None
+        at_end = run_record.activation.dead_fraction_last if run_record is not None else None
         if at_init is not None and at_init >= thresholds["dead_fraction"]:
             dead.append((record.name, at_init, "init"))
         elif over_run is not None and over_run >= thresholds["dead_fraction"]:
             dead.append((record.name, over_run, "run"))
+        elif at_end is not None and at_end >= thresholds["dead_fraction"]:
+            dead.append((record.name, at_end, "died"))
     if not dead:
         return []
     name, fraction, when = max(dead, key=lambda item: item[1])
@@ -84,7 +89,11 @@ def check(evidence: Evidence, thresholds: Mapping[str, float]) -> list[Finding]:
     feeding = preceding_weighted(layers, worst)
     bias_mean = feeding.weight.bias_mean if feeding is not None and feeding.weight is not None else None
     severity = Severity.ERROR if fraction >= thresholds["dead_fraction_error"] else Severity.WARNING
-    phase = "at initialisation" if when == "init" else "over the whole short run"
+    phase = {
+        "init": "at initialisation",
+        "run": "over the whole short run",
+        "died": "by the end of the short run (they fired at initialisation)",
+    }[when]
     return [
         Finding(
             id=ID,
@@ -95,7 +104,7 @@ def check(evidence: Evidence, thresholds: Mapping[str, float]) -> list[Finding]:
             evidence={
                 "max_dead_fraction": fraction,
                 "dead_layers": len(dead),
-                "died_during_run": sum(1 for item in dead if item[2] == "run"),
+                "died_during_run": sum(1 for item in dead if item[2] in ("run", "died")),
                 "feeding_layer": feeding.name if feeding is not None else None,
                 "feeding_bias_mean": bias_mean,
             },
