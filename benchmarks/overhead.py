@@ -170,8 +170,11 @@ def memory_child(workload: str, device: str, probed: bool, steps: int) -> dict:
 
 
 def measure_memory(workload: str, device: str, probed: bool, steps: int) -> dict:
+    import torch
+
     command = [sys.executable, __file__, "--memory-child", workload, "--device", device,
-               "--steps", str(steps)] + (["--probed"] if probed else [])
+               "--steps", str(steps), "--threads", str(torch.get_num_threads())]
+    command += ["--probed"] if probed else []
     done = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=ROOT)
     if done.returncode != 0:
         raise RuntimeError(f"memory run of {workload} failed:\n{done.stderr}")
@@ -185,11 +188,16 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--steps", type=int, default=5, help="steps per round (and per memory run)")
     parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
     parser.add_argument("--no-memory", action="store_true")
     parser.add_argument("--memory-child", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--probed", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
 
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     if args.memory_child:
         print(json.dumps(memory_child(args.memory_child, args.device, args.probed, args.steps)))
         return

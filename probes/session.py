@@ -20,7 +20,22 @@ from probes.gradients import (
     register_output_hook,
 )
 from probes.records import ActivationStats, GradientStats, LayerRecord, WeightStats
-from probes.stats import saturation_bounds, tracks_dead, unit_dim
+from probes.stats import (
+    COLUMNS,
+    GRAD_NONFINITE,
+    GRAD_SUM_SQ,
+    NONFINITE,
+    SATURATED,
+    SUM,
+    SUM_SQ,
+    CallTable,
+    TableRow,
+    observe_activation,
+    observe_gradient,
+    saturation_bounds,
+    tracks_dead,
+    unit_dim,
+)
 from probes.targets import (
     ACTIVATION_MODULES,
     WEIGHTED_KINDS,
@@ -100,6 +115,8 @@ class Session:
         self._backward_queued = -2  # id of the backward pass whose parameter read is queued
         self._updates: UpdateTracker | None = None
         self._param_counts: dict[str, tuple[int, int]] = {}  # layer -> (all, trainable)
+        self._tables: dict[torch.device, CallTable] = {}
+        self._main_weights: dict[str, torch.Tensor] = {}  # weighted layer -> the weight judged
         self._device: torch.device | None = None
 
     # ---- setup -------------------------------------------------------------------------------
@@ -127,6 +144,8 @@ class Session:
                 )
                 self._states[name] = state
                 self._modules[name] = module
+                if kind in WEIGHTED_KINDS and (weight := main_weight(module, kind)) is not None:
+                    self._main_weights[name] = weight[1]
                 direct = list(module.parameters(recurse=False))
                 self._param_counts[name] = (
                     sum(p.numel() for p in direct), sum(p.numel() for p in direct if p.requires_grad)
@@ -161,7 +180,7 @@ class Session:
     def _close(self) -> None:
         self._open = False
         if self._updates is not None:
-            self._updates.active = False
+            self._updates.release()
         self._mode.remove()
         self._handles.remove_all()
         self._stack.frames.clear()
@@ -236,7 +255,10 @@ class Session:
             self._next_index += 1
             state.output_shape = tuple(y.shape)
         data = y.detach()  # reductions of a detached tensor record no graph: no no_grad() needed
-        state.activation.add(data, state.bounds)
+        if state.row is None:
+            state.row = self._new_row(data)
+        state.count += data.numel()
+        observe_activation(state.row, data, state.bounds)
         if state.tracks_dead and data.dim() > 0 and data.numel() > 0:
             state.alive.add(data, unit_dim(data, self._after_conv1d), self._forward_id)
         if y.requires_grad and torch.is_grad_enabled():
@@ -245,11 +267,20 @@ class Session:
             except RuntimeError:
                 pass  # a tensor that cannot take hooks: no output gradient for this call
 
+    def _new_row(self, data: torch.Tensor) -> TableRow:
+        table = self._tables.get(data.device)
+        if table is None:
+            dtype = torch.float64 if data.dtype == torch.float64 else torch.float32
+            table = self._tables[data.device] = CallTable(device=data.device, dtype=dtype)
+        return TableRow(table=table, row=table.add_row())
+
     def _output_grad_hook(self, state: LayerState):
         def hook(grad: torch.Tensor) -> None:
             if not self._open:
                 return
-            state.output_gradient.add(grad.detach())
+            state.gradient_count += grad.numel()
+            state.gradient_calls += 1
+            observe_gradient(state.row, grad.detach())
             backward = current_backward_id()
             if backward != self._backward_queued and self._params:
                 self._backward_queued = backward
@@ -281,39 +312,28 @@ class Session:
         states = executed + unused
         device = self._device or torch.device("cpu")
         plan = _TransferPlan(device)
-        sum_slots = []
-        for state in states:
-            act, grad = state.activation, state.output_gradient
-            sum_slots.append(tuple(plan.scalars(total.parts()) for total in (
-                act.total, act.total_sq, act.nonfinite, act.saturated, grad.total_sq, grad.nonfinite,
-            )))
+        with torch.no_grad():
+            table_slots = {id(table): plan.vector(table.totals()) for table in self._tables.values()}
         distributed_run = reduce and distributed.world_size() > 1
-        mask_states = [s for s in states if s.alive.maxima() is not None]
-        masks = [m for s in mask_states for m in s.alive.maxima()]
+        maxima = [(s, s.alive.maxima()) for s in states]
+        mask_states = [s for s, pair in maxima if pair is not None]
+        masks = [m for _, pair in maxima if pair is not None for m in pair]
         if distributed_run and masks:
             masks = distributed.reduce_max_list(masks)
-        mask_slots = [plan.vector(m) for m in masks]
+        units = {s.name: int(pair[1].numel()) for s, pair in maxima if pair is not None}
+        alive_slot = plan.vector(torch.stack([(m > 0).sum() for m in masks])) if masks else None
         param_parts = self._param_grads.parts()
         param_slots = [(key, plan.vector(vec)) for key, vec in param_parts]
-        weighted = [
-            (s, weight) for s in states
-            if s.source == "module" and s.kind in WEIGHTED_KINDS
-            and (weight := main_weight(self._modules[s.name], s.kind)) is not None
-        ]
+        weighted = [(s, self._main_weights[s.name]) for s in states if s.name in self._main_weights]
         bias_of = [self._bias(s) for s, _ in weighted]
-        weight_slots = [
-            plan.vector(row)
-            for row in weight_parts([(w, b) for (_, (_, w)), b in zip(weighted, bias_of)])
-        ]
+        weight_table = weight_parts([(w, b) for (_, w), b in zip(weighted, bias_of)])
+        weight_slot = plan.vector(weight_table.t()) if weight_table is not None else None
         update_slots = [plan.vector(v) for v in self._updates.parts()] if self._updates else []
         with torch.no_grad():
             host = plan.fetch()
 
-        totals = [
-            [plan.total(host, slot) for slot in slots] + [float(s.activation.count),
-             float(s.output_gradient.count), float(s.output_gradient.calls)]
-            for s, slots in zip(states, sum_slots)
-        ]
+        tables = {key: plan.values(host, slot) for key, slot in table_slots.items()}
+        totals = [_row_totals(s, tables) for s in states]
         param_totals = [0.0] * len(self._params)
         param_calls = [0.0] * len(self._params)
         for key, slot in param_slots:
@@ -331,13 +351,14 @@ class Session:
             rest = flat[len(totals) * width:]
             param_totals, param_calls = rest[:len(self._params)], rest[len(self._params):]
         alive = {}
-        mask_values = iter(mask_slots)
+        alive_counts = iter(plan.values(host, alive_slot) if alive_slot is not None else ())
         for state in mask_states:
-            overall, latest = plan.values(host, next(mask_values)), plan.values(host, next(mask_values))
-            alive[state.name] = (overall, latest)
+            overall, latest = next(alive_counts), next(alive_counts)
+            alive[state.name] = (units[state.name], overall, latest)
+        weight_rows = plan.values(host, weight_slot) if weight_slot is not None else []
         weights = {
-            s.name: (plan.values(host, slot), w.numel(), 0 if b is None else b.numel())
-            for (s, (_, w)), b, slot in zip(weighted, bias_of, weight_slots)
+            s.name: (weight_rows[4 * i:4 * i + 4], w.numel(), 0 if b is None else b.numel())
+            for i, ((s, w), b) in enumerate(zip(weighted, bias_of))
         }
         if self._updates is not None:
             self._updates.absorb([plan.values(host, slot) for slot in update_slots])
@@ -393,8 +414,7 @@ class Session:
         if measured is None:
             return None
         values, weight_numel, bias_numel = measured
-        module = self._modules[state.name]
-        _, weight = main_weight(module, state.kind)
+        weight = self._main_weights[state.name]
         w_std, w_mean, b_std, b_mean = weight_moments(values, weight_numel, bias_numel)
         fan_in = fan_out = None
         scheme = expected = None
@@ -415,49 +435,43 @@ class _TransferPlan:
 
     def __init__(self, device: torch.device) -> None:
         self._device = device
-        self._scalars: list[torch.Tensor] = []
         self._vectors: list[torch.Tensor] = []
-        self._vector_sizes: list[int] = []
-
-    def scalars(self, parts: list[torch.Tensor]) -> tuple[int, int]:
-        start = len(self._scalars)
-        self._scalars.extend(parts)
-        return (start, len(self._scalars))
+        self._size = 0
 
     def vector(self, tensor: torch.Tensor) -> tuple[int, int]:
-        start = sum(self._vector_sizes)
+        start = self._size
         self._vectors.append(tensor.reshape(-1))
-        self._vector_sizes.append(tensor.numel())
-        return (start, start + tensor.numel())
+        self._size += tensor.numel()
+        return (start, self._size)
 
-    def fetch(self) -> tuple[list[float], list[float]]:
+    def fetch(self) -> list[float]:
+        if not self._vectors:
+            return []
         device = self._device
-        pieces = []
-        if self._scalars:
-            pieces.append(torch.stack([self._on(t) for t in self._scalars]).double())
-        pieces += [self._on(v) for v in self._vectors]
-        if not pieces:
-            return [], []
+        pieces = [v if v.device == device else v.to(device) for v in self._vectors]
         flat = torch.cat(pieces).double() if len(pieces) > 1 else pieces[0].double()
-        host = flat.cpu().tolist()  # the one device -> host sync of a collect
-        n = len(self._scalars)
-        return host[:n], host[n:]
-
-    def _on(self, tensor: torch.Tensor) -> torch.Tensor:
-        return tensor if tensor.device == self._device else tensor.to(self._device)
+        return flat.cpu().tolist()  # the one device -> host sync of a collect
 
     @staticmethod
-    def total(host, slot: tuple[int, int]) -> float:
-        return math.fsum(host[0][slot[0]:slot[1]])
+    def values(host: list[float], slot: tuple[int, int]) -> list[float]:
+        return host[slot[0]:slot[1]]
 
-    @staticmethod
-    def values(host, slot: tuple[int, int]) -> list[float]:
-        return host[1][slot[0]:slot[1]]
+
+def _row_totals(state: LayerState, tables: dict[int, list[float]]) -> list[float]:
+    """[sum, sum sq, nonfinite, saturated, grad sum sq, grad nonfinite, count, grad count, grad calls]."""
+    sums = [0.0] * COLUMNS
+    if state.row is not None:
+        table = tables[id(state.row.table)]
+        start = state.row.row * COLUMNS
+        sums = table[start:start + COLUMNS]
+    return [sums[SUM], sums[SUM_SQ], sums[NONFINITE], sums[SATURATED], sums[GRAD_SUM_SQ],
+            sums[GRAD_NONFINITE], float(state.count), float(state.gradient_count),
+            float(state.gradient_calls)]
 
 
 def _activation_stats(state: LayerState, act, alive) -> ActivationStats:
     count, s1, s2, nonfinite, saturated = act
-    units = len(alive[1]) if alive else None
+    units = alive[0] if alive else None
     if count <= 0:
         return ActivationStats(units=units)
     mean = s1 / count
@@ -467,9 +481,9 @@ def _activation_stats(state: LayerState, act, alive) -> ActivationStats:
         std = float("nan")
     dead = dead_last = None
     if alive:
-        overall, latest = alive
-        dead = 1.0 - sum(1 for v in overall if v > 0) / len(overall)
-        dead_last = 1.0 - sum(1 for v in latest if v > 0) / len(latest)
+        total, overall, latest = alive
+        dead = 1.0 - overall / total
+        dead_last = 1.0 - latest / total
     return ActivationStats(
         mean=mean,
         std=std,

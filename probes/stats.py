@@ -1,9 +1,11 @@
 """On-device reductions of one observed tensor, and exact running totals of them.
 
-Every reduction returns 0-dim device tensors; nothing keeps a reference to the observed tensor,
-so memory is O(layers), not O(activations). Totals are plain sums (count, sum, sum of squares,
-counts of non-finite and saturated values), so merging calls, and ranks of a distributed job, is
-exact; mean and std are derived from them once, at collect time.
+Every reduction writes its 0-dim result in place into a cell of a per-session device table;
+nothing keeps a reference to the observed tensor, so memory is O(layers), not O(activations).
+Totals are plain sums (count, sum, sum of squares, counts of non-finite and saturated values),
+so merging calls, and ranks of a distributed job, is exact; mean and std are derived from them
+once, at collect time. Counts are exact while one call has fewer than 2^24 elements (float32
+cells hold integers exactly up to there).
 
 Speed notes (measured on the 2-core CPU this was tuned on, see benchmarks/overhead.py):
 - `torch.var_mean` takes a slow Welford path on CPU (~7x a plain sum), and ops that produce bool
@@ -27,28 +29,83 @@ import torch
 
 from probes.targets import DEAD_CAPABLE, SATURATION_BOUNDS
 
-# Pending per-call 0-dim results are folded into one running total once this many have piled
-# up, so a session attached for thousands of steps still holds O(layers) tensors.
+# Per-call results live in a ring of this many slots per layer; a full ring is folded into a
+# float64 running total, so a session attached for thousands of steps still holds O(layers).
 FOLD_EVERY = 64
+
+# Columns of the per-call table: every per-call reduction is written in place into its cell
+# (`out=`), so a call creates no result tensors and collect() reads the whole table at once
+# instead of stacking thousands of 0-dim tensors.
+SUM, SUM_SQ, SATURATED, NONFINITE, GRAD_SUM_SQ, GRAD_NONFINITE = range(6)
+COLUMNS = 6
 
 
 @dataclass(slots=True)
-class Sum:
-    """An exact float64 total of 0-dim device tensors, added without any host sync."""
+class CallTable:
+    """One device buffer [layers, FOLD_EVERY, COLUMNS] of per-call sums, plus float64 totals.
 
-    pending: list[torch.Tensor] = field(default_factory=list)
+    A layer's row is a ring of FOLD_EVERY call slots (activation and gradient calls advance
+    separately); zeroed slots add nothing, so the total of a row is `folded + buffer.sum(1)`.
+    """
+
+    device: torch.device
+    dtype: torch.dtype
+    rows: int = 0
+    buffer: torch.Tensor | None = None
     folded: torch.Tensor | None = None
+    cells: list[tuple[torch.Tensor, ...]] = field(default_factory=list)  # per row: flat views
 
-    def add(self, value: torch.Tensor) -> None:
-        self.pending.append(value)
-        if len(self.pending) >= FOLD_EVERY:
-            total = torch.stack(self.pending).double().sum()
-            self.folded = total if self.folded is None else self.folded + total
-            self.pending = []
+    def add_row(self) -> int:
+        if self.buffer is None or self.rows == self.buffer.shape[0]:
+            self._grow(max(16, 2 * self.rows))
+        self.cells.append(tuple(self.buffer[self.rows].view(-1).unbind()))
+        self.rows += 1
+        return self.rows - 1
 
-    def parts(self) -> list[torch.Tensor]:
-        """The 0-dim tensors whose sum is the total (for one batched transfer at collect)."""
-        return self.pending if self.folded is None else [self.folded, *self.pending]
+    def _grow(self, capacity: int) -> None:
+        buffer = torch.zeros((capacity, FOLD_EVERY, COLUMNS), dtype=self.dtype, device=self.device)
+        folded = torch.zeros((capacity, COLUMNS), dtype=torch.float64, device=self.device)
+        if self.buffer is not None:
+            buffer[: self.rows].copy_(self.buffer[: self.rows])
+            folded[: self.rows].copy_(self.folded[: self.rows])
+        self.buffer, self.folded = buffer, folded
+        self.cells = [tuple(buffer[r].view(-1).unbind()) for r in range(self.rows)]
+
+    def fold(self, row: int) -> None:
+        self.folded[row] += self.buffer[row].sum(0, dtype=torch.float64)
+        self.buffer[row].zero_()
+
+    def totals(self) -> torch.Tensor:
+        """[rows, COLUMNS] float64 totals (on the device)."""
+        return self.folded[: self.rows] + self.buffer[: self.rows].sum(1, dtype=torch.float64)
+
+
+@dataclass(slots=True)
+class TableRow:
+    """A layer's place in a CallTable, and the next free activation / gradient slot."""
+
+    table: CallTable
+    row: int
+    activation_slot: int = 0
+    gradient_slot: int = 0
+
+    def activation_cells(self) -> tuple[torch.Tensor, ...]:
+        if self.activation_slot == FOLD_EVERY:
+            self._fold()
+        start = self.activation_slot * COLUMNS
+        self.activation_slot += 1
+        return self.table.cells[self.row][start:start + COLUMNS]
+
+    def gradient_cells(self) -> tuple[torch.Tensor, ...]:
+        if self.gradient_slot == FOLD_EVERY:
+            self._fold()
+        start = self.gradient_slot * COLUMNS
+        self.gradient_slot += 1
+        return self.table.cells[self.row][start:start + COLUMNS]
+
+    def _fold(self) -> None:
+        self.table.fold(self.row)
+        self.activation_slot = self.gradient_slot = 0
 
 
 def unit_dim(tensor: torch.Tensor, after_conv1d: bool) -> int:
@@ -60,9 +117,10 @@ def unit_dim(tensor: torch.Tensor, after_conv1d: bool) -> int:
     return tensor.dim() - 1
 
 
-def _float_view(y: torch.Tensor) -> torch.Tensor:
+def float_view(y: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """`y` flattened, in the table's dtype (float16/bfloat16 outputs are summed in float32)."""
     flat = y.reshape(-1)
-    return flat if flat.dtype in (torch.float32, torch.float64) else flat.float()
+    return flat if flat.dtype == dtype else flat.to(dtype)
 
 
 def _known_finite(total: torch.Tensor) -> bool:
@@ -70,15 +128,15 @@ def _known_finite(total: torch.Tensor) -> bool:
     return total.device.type == "cpu" and math.isfinite(total.item())
 
 
-def nonfinite_count(flat: torch.Tensor) -> torch.Tensor:
-    """Number of NaN/Inf elements: y*0 is 0 for finite values and NaN otherwise."""
-    return (flat * 0).nan_to_num_(1.0).sum(dtype=torch.float64)
+def write_nonfinite_count(flat: torch.Tensor, cell: torch.Tensor) -> None:
+    """Number of NaN/Inf elements into `cell`: y*0 is 0 for finite values and NaN otherwise."""
+    torch.sum((flat * 0).nan_to_num_(1.0), 0, out=cell)
 
 
-def saturated_count(
-    flat: torch.Tensor, bounds: tuple[float, float, bool], finite: bool
-) -> torch.Tensor:
-    """Number of elements in the saturation band of `bounds`; NaN never counts as saturated.
+def write_saturated_count(
+    flat: torch.Tensor, bounds: tuple[float, float, bool], finite: bool, cell: torch.Tensor
+) -> None:
+    """Number of elements in the saturation band of `bounds` into `cell`; NaN never counts.
 
     Float-only: sign(max(|y - c| - h, 0)) is 1 strictly outside the band's inner interval.
     """
@@ -90,60 +148,42 @@ def saturated_count(
         marks = deviation.sub_(half).clamp_(min=0.0).sign_()
         if not finite:
             marks.nan_to_num_(0.0)
-        return marks.sum(dtype=torch.float64)
+        torch.sum(marks, 0, out=cell)
+        return
     # Inclusive bands (hard bounds reached exactly): count the strict inside and subtract.
     inside = deviation.neg_().add_(half).clamp_(min=0.0).sign_()
     if not finite:
         inside.nan_to_num_(1.0)
-    return flat.numel() - inside.sum(dtype=torch.float64)
+    torch.sum(inside, 0, out=cell)
+    cell.neg_().add_(flat.numel())
+
+
+def observe_activation(row: TableRow, y: torch.Tensor, bounds: tuple[float, float, bool] | None) -> None:
+    """Sum, sum of squares, nonfinite and saturated counts of one output, written in place."""
+    flat = float_view(y, row.table.dtype)
+    cells = row.activation_cells()
+    torch.sum(flat, 0, out=cells[SUM])
+    torch.dot(flat, flat, out=cells[SUM_SQ])
+    finite = _known_finite(cells[SUM])
+    if not finite:
+        write_nonfinite_count(flat, cells[NONFINITE])
+    if bounds is not None:
+        write_saturated_count(flat, bounds, finite, cells[SATURATED])
+
+
+def observe_gradient(row: TableRow, grad: torch.Tensor) -> None:
+    """Sum of squares and nonfinite count of one output gradient, written in place."""
+    flat = float_view(grad, row.table.dtype)
+    cells = row.gradient_cells()
+    torch.dot(flat, flat, out=cells[GRAD_SUM_SQ])
+    if not _known_finite(cells[GRAD_SUM_SQ]):
+        write_nonfinite_count(flat, cells[GRAD_NONFINITE])
 
 
 def unit_max(y: torch.Tensor, dim: int) -> torch.Tensor:
     """Largest value of each unit over samples (and positions): positive iff the unit fired."""
     other = tuple(d for d in range(y.dim()) if d != dim)
     return y.amax(dim=other) if other else y.clone()
-
-
-@dataclass(slots=True)
-class ActivationAccumulator:
-    """Running totals of one layer's outputs over every call."""
-
-    count: int = 0  # elements observed (a Python int: counting never touches the device)
-    total: Sum = field(default_factory=Sum)
-    total_sq: Sum = field(default_factory=Sum)
-    nonfinite: Sum = field(default_factory=Sum)
-    saturated: Sum = field(default_factory=Sum)
-
-    def add(self, y: torch.Tensor, bounds: tuple[float, float, bool] | None) -> None:
-        flat = _float_view(y)
-        s1 = flat.sum()
-        self.count += flat.numel()
-        self.total.add(s1)
-        self.total_sq.add(torch.dot(flat, flat))
-        finite = _known_finite(s1)
-        if not finite:
-            self.nonfinite.add(nonfinite_count(flat))
-        if bounds is not None:
-            self.saturated.add(saturated_count(flat, bounds, finite))
-
-
-@dataclass(slots=True)
-class GradientAccumulator:
-    """Running totals of the gradient with respect to one layer's outputs."""
-
-    count: int = 0
-    calls: int = 0
-    total_sq: Sum = field(default_factory=Sum)
-    nonfinite: Sum = field(default_factory=Sum)
-
-    def add(self, grad: torch.Tensor) -> None:
-        flat = _float_view(grad)
-        s2 = torch.dot(flat, flat)
-        self.count += flat.numel()
-        self.calls += 1
-        self.total_sq.add(s2)
-        if not _known_finite(s2):
-            self.nonfinite.add(nonfinite_count(flat))
 
 
 @dataclass(slots=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from probes.stats import ActivationAccumulator, AliveUnits, GradientAccumulator
+from probes.stats import AliveUnits, TableRow
 
 
 @dataclass(slots=True)
@@ -22,8 +22,10 @@ class LayerState:
     index: int = -1  # execution order, set when the layer first produces an output
     calls: int = 0
     output_shape: tuple[int, ...] | None = None
-    activation: ActivationAccumulator = field(default_factory=ActivationAccumulator)
-    output_gradient: GradientAccumulator = field(default_factory=GradientAccumulator)
+    row: TableRow | None = None  # where this layer's per-call sums are written
+    count: int = 0  # output elements observed (Python ints: counting never touches the device)
+    gradient_count: int = 0  # output-gradient elements observed
+    gradient_calls: int = 0
     alive: AliveUnits = field(default_factory=AliveUnits)
 
 

@@ -1,10 +1,12 @@
 """||dW|| / ||W|| per layer across optimizer steps taken while attached.
 
 Global optimizer step hooks see every optimizer; each one only measures the parameters of the
-probed model. The pre-step snapshot is a transient copy of those parameters, freed as soon as
-the step is measured (it cannot be avoided: the update is only known once the step is done).
-Per step this is a handful of fused `_foreach` ops; the per-layer ratios are formed on the host
-at collect time from the per-parameter norms.
+probed model. The pre-step snapshot is a copy of those parameters (it cannot be avoided: the update is only
+known once the step is done). It is kept in one buffer per optimizer for the whole session and
+refilled in place, so memory is one extra copy of the trained parameters while attached: a fresh
+copy per step cost ~10x the optimizer step itself on CPU (page faults of a new 10 MB buffer
+every step, measured on W1 of benchmarks/overhead.py). Per step this is four fused `_foreach`
+ops; the per-layer ratios are formed on the host at collect time from the per-parameter norms.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ from torch.optim.optimizer import register_optimizer_step_post_hook, register_op
 class _Plan:
     params: list[torch.Tensor]
     layers: tuple[int, ...]  # layer position of each parameter
+    snapshot: list[torch.Tensor] | None = None  # reused every step
+    weight_norms: tuple[torch.Tensor, ...] = ()
 
 
 @dataclass(slots=True)
@@ -30,7 +34,6 @@ class UpdateTracker:
     ratios: dict[str, list[float]] = field(default_factory=dict)  # per layer, one per step
     active: bool = True
     _plans: dict[int, _Plan] = field(default_factory=dict)
-    _snapshot: list[torch.Tensor] | None = None
     _plan: _Plan | None = None
 
     def __post_init__(self) -> None:
@@ -61,19 +64,32 @@ class UpdateTracker:
         self._plan = self._plan_for(optimizer)
         if self._plan is None:
             return
-        with torch.no_grad():
-            self._snapshot = torch._foreach_mul([p.detach() for p in self._plan.params], 1.0)
-
-    def _after_step(self, optimizer, args, kwargs) -> None:
-        plan, snapshot = self._plan, self._snapshot
-        self._plan = self._snapshot = None
-        if not self.active or plan is None or snapshot is None:
-            return
+        plan = self._plan
         with torch.no_grad():
             current = [p.detach() for p in plan.params]
-            deltas = torch._foreach_sub(current, snapshot)
-            norms = torch.stack(torch._foreach_norm(deltas) + torch._foreach_norm(snapshot))
+            if plan.snapshot is None or any(
+                s.shape != p.shape or s.dtype != p.dtype or s.device != p.device
+                for s, p in zip(plan.snapshot, current)
+            ):
+                plan.snapshot = [torch.empty_like(p) for p in current]
+            torch._foreach_copy_(plan.snapshot, current)
+            plan.weight_norms = torch._foreach_norm(current)
+
+    def _after_step(self, optimizer, args, kwargs) -> None:
+        plan = self._plan
+        self._plan = None
+        if not self.active or plan is None or plan.snapshot is None:
+            return
+        with torch.no_grad():
+            torch._foreach_sub_(plan.snapshot, [p.detach() for p in plan.params])  # -(update)
+            norms = torch.stack(torch._foreach_norm(plan.snapshot) + tuple(plan.weight_norms))
         self.steps.append((plan.layers, norms.double()))
+
+    def release(self) -> None:
+        """Drop the snapshot buffers (on exit)."""
+        self.active = False
+        self._plans.clear()
+        self._plan = None
 
     def parts(self) -> list[torch.Tensor]:
         """Device norms of the steps taken since the last collect (absorbed by `absorb`)."""

@@ -12,26 +12,32 @@ import math
 import torch
 
 
-def weight_parts(pairs: list[tuple[torch.Tensor, torch.Tensor | None]]) -> list[torch.Tensor]:
-    """Per (weight, bias): [weight sum, weight sum of squares, bias sum, bias sum of squares].
+def weight_parts(pairs: list[tuple[torch.Tensor, torch.Tensor | None]]) -> torch.Tensor | None:
+    """[4, layers] float64: weight sums, weight L2 norms, bias sums, bias L2 norms (NaN: no bias).
 
-    Bias entries are NaN where a layer has no bias. Returns one float64 vector per pair.
+    One stacked sum and one `_foreach_norm` per row, whatever the number of layers.
     """
     if not pairs:
-        return []
+        return None
     with torch.no_grad():
         weights = [_as_float(w.detach()) for w, _ in pairs]
-        w_norms = torch._foreach_norm(weights)
+        device = weights[0].device
+        w_sums = torch.stack([w.sum().to(device) for w in weights]).double()
+        w_norms = torch.stack([n.to(device) for n in torch._foreach_norm(weights)]).double()
         biases = [_as_float(b.detach()) for _, b in pairs if b is not None]
-        b_norms = iter(torch._foreach_norm(biases)) if biases else iter(())
-        out = []
-        for (_, bias), weight, w_norm in zip(pairs, weights, w_norms):
-            if bias is not None:
-                b_sum, b_norm = _as_float(bias.detach()).sum(), next(b_norms)
+        norms = iter(torch._foreach_norm(biases)) if biases else iter(())
+        missing = torch.full((), math.nan, device=device)  # placeholder for layers without bias
+        b_sums, b_norms = [], []
+        for _, bias in pairs:
+            if bias is None:
+                b_sums.append(missing)
+                b_norms.append(missing)
             else:
-                b_sum = b_norm = torch.full((), math.nan, device=weight.device)
-            out.append(torch.stack((weight.sum(), w_norm, b_sum, b_norm)).double())
-        return out
+                b_sums.append(_as_float(bias.detach()).sum().to(device))
+                b_norms.append(next(norms).to(device))
+        b_sums = torch.stack(b_sums).double()
+        b_norms = torch.stack(b_norms).double()
+        return torch.stack((w_sums, w_norms, b_sums, b_norms))
 
 
 WEIGHT_WIDTH = 4
