@@ -19,7 +19,6 @@ range, not the hidden dynamics), and how many functional activation calls one fo
 
 from __future__ import annotations
 
-import copy
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -29,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
+from diagnose.cloning import clone_module
 from diagnose.loading.inputs import Batch, describe_input
 from diagnose.run import Workload
 from probes.records import LayerRecord
@@ -110,7 +110,7 @@ def apply_fix(fix_id: str, module: nn.Module, workload: Workload, layers: Sequen
         raise FixNotApplicable(f"diagnose does not know how to apply {fix_id!r} automatically")
     if isinstance(module, torch.jit.ScriptModule):
         raise FixNotApplicable("a TorchScript model's structure and forward cannot be rebuilt; apply it in the source")
-    fixed = copy.deepcopy(module)
+    fixed = clone_module(module)
     with torch.random.fork_rng(devices=[workload.device] if workload.device.type == "cuda" else []):
         torch.manual_seed(workload.seed)  # re-initialisation is reproducible and leaves the global RNG alone
         change = _MODEL_FIXES[fix_id](fixed, layers)
