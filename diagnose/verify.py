@@ -180,7 +180,7 @@ def finding_metric(finding: Finding, evidence: Evidence) -> tuple[str, float | N
         _, norms = gradient_flow(evidence.layers)
         return "ratio_first_last", norms[0] / norms[-1] if len(norms) >= 2 else None
     if check_id == "dead-relu":
-        return "max_dead_fraction", _max_fraction(evidence, "dead_fraction")
+        return "max_dead_fraction", _max_fraction(evidence, "dead_fraction", "dead_fraction_last")
     if check_id == "saturated-activations":
         return "max_saturated_fraction", _max_fraction(evidence, "saturated_fraction")
     if check_id == "activation-variance-collapse":
@@ -221,10 +221,20 @@ def badness(metric: str, value: float | None) -> float | None:
     return value  # fractions, counts, gaps and loss ratios: lower is better
 
 
-def _max_fraction(evidence: Evidence, field: str) -> float | None:
+def _max_fraction(evidence: Evidence, field: str, run_field: str | None = None) -> float | None:
+    """The worst share over init and run; 0 when no activation of that kind is left.
+
+    A copy whose ReLUs were swapped for ELU (or whose sigmoids became ReLU) has no unit that can
+    die (or saturate): its fraction is 0 by construction, not unknown.
+    """
     values = [getattr(r.activation, field) for r in (*evidence.layers, *evidence.run_layers)]
+    if run_field is not None:
+        values += [getattr(r.activation, run_field) for r in evidence.run_layers]
     values = [v for v in values if v is not None]
-    return max(values) if values else None
+    if values:
+        return max(values)
+    has_activations = any(r.kind == "activation" and r.activation.count for r in evidence.layers)
+    return 0.0 if has_activations else None
 
 
 def _max_gradient_rms(evidence: Evidence) -> float | None:
