@@ -39,15 +39,20 @@ class FixSuggestion:
     rationale: str
     snippet: str
     verified: Verification | None = None
+    # Why --try-fixes left this fix untried (it cannot be applied to a copy automatically).
+    not_verified: str | None = None
 
     def to_dict(self) -> dict[str, object]:
-        return {
+        data: dict[str, object] = {
             "id": self.id,
             "title": self.title,
             "rationale": self.rationale,
             "snippet": self.snippet,
             "verified": self.verified.to_dict() if self.verified else None,
         }
+        if self.not_verified:
+            data["not_verified"] = self.not_verified
+        return data
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -130,14 +130,14 @@ def _try(fix_id: str, module, workload, layers, baseline: Evidence) -> _Outcome:
     except FixNotApplicable as exc:
         return _Outcome(None, not_applicable=str(exc))
     except Exception as exc:  # a model the rebuild does not understand: say so on this fix, go on
-        return _Outcome(None, failed=f"could not be applied to this model ({type(exc).__name__}: {exc})")
+        return _Outcome(None, failed=f"could not be applied to this model ({type(exc).__name__}: {_first_line(exc)})")
     try:
         fixed = measure_evidence(trial.module, trial.workload, baseline)
     except DiagnoseError as exc:
-        return _Outcome(None, change=trial.change, failed=f"{trial.change}; the fixed copy did not run: {exc}")
+        return _Outcome(None, change=trial.change, failed=f"{trial.change}; the fixed copy did not run: {_first_line(exc)}")
     except Exception as exc:  # a rebuilt model that cannot run is a result of the trial, not a crash
         return _Outcome(None, change=trial.change,
-                        failed=f"{trial.change}; the fixed copy did not run ({type(exc).__name__}: {exc})")
+                        failed=f"{trial.change}; the fixed copy did not run ({type(exc).__name__}: {_first_line(exc)})")
     return _Outcome(fixed, change=trial.change)
 
 
@@ -145,7 +145,7 @@ def _judge(
     finding: Finding, fix: FixSuggestion, baseline: Evidence, outcome: _Outcome, settings: Settings, steps: int
 ) -> FixSuggestion:
     if outcome.not_applicable is not None:
-        return replace(fix, verified=None)
+        return replace(fix, verified=None, not_verified=outcome.not_applicable)
     metric, before = finding_metric(finding, baseline)
     if outcome.evidence is None:
         return replace(fix, verified=Verification(
@@ -166,6 +166,11 @@ def _judge(
 
 # ---------------------------------------------------------------------------------------------
 # The measure behind each check, computed as the check computes it
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else ""
 
 
 def finding_metric(finding: Finding, evidence: Evidence) -> tuple[str, float | None]:

@@ -177,3 +177,24 @@ def test_try_fixes_on_an_exported_archive(tmp_path):
     for fix_id in ("relu", "batch-norm"):
         assert fixes[fix_id].resolved, fix_id
         assert fixes[fix_id].after > 1e4 * fixes[fix_id].before
+
+
+def test_a_fix_that_cannot_be_applied_automatically_says_why():
+    import torch
+    from torch import nn
+
+    import diagnose
+
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Linear(64, 256), nn.ReLU(), nn.Linear(256, 2), nn.ReLU(), nn.Linear(2, 256), nn.ReLU(), nn.Linear(256, 10)
+    )
+    for layer in model:
+        if isinstance(layer, nn.Linear):
+            nn.init.kaiming_normal_(layer.weight, nonlinearity="relu")
+    report = diagnose.check(model, torch.randn(64, 64), try_fixes=True, select=["bottleneck-layer"])
+    (finding,) = report.findings
+    (widen,) = [fix for fix in finding.fixes if fix.id == "widen-layer"]
+    assert widen.verified is None
+    assert widen.not_verified
+    assert report.to_dict()["findings"][0]["fixes"][0]["not_verified"] == widen.not_verified

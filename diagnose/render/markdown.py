@@ -74,6 +74,8 @@ def _fix(rank: int, fix: FixSuggestion) -> list[str]:
     if fix.verified is not None:
         label = fmt.verification_label(fix.verified).capitalize()
         lines.append(f"   {label}: {_escape(fmt.verification(fix.verified))}.")
+    elif fix.not_verified:
+        lines.append(f"   Not tried: {_escape(fix.not_verified)}.")
     lines.append("")
     if fix.snippet:
         fence = _fence_for(fix.snippet)

@@ -273,6 +273,8 @@ def _fix(rank: int, fix: FixSuggestion) -> RenderableType:
     if fix.verified is not None:
         style = "green" if fix.verified.resolved else "red"
         details.append(Text.assemble((fmt.verification_label(fix.verified) + ": ", style), fmt.verification(fix.verified)))
+    elif fix.not_verified:
+        details.append(Text.assemble(("not tried: ", "yellow"), fix.not_verified))
     if details:
         parts.append(Padding(Group(*details), (0, 0, 0, 2)))
     return Group(*parts)
