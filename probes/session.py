@@ -154,8 +154,9 @@ class Session:
                     if param.requires_grad:
                         self._params.append(_Param(name, local, param.numel()))
                         tracked.append(param)
-            # Known leaf types never call a user-visible activation: the mode stays off inside.
-            observes = kind is None or kind == "other" or module is model
+            # Known leaf types never call a user-visible activation: the mode stays off inside
+            # (and an activation module's own F.relu is not reported a second time).
+            observes = kind is None or kind == "other"
             stack.enter_context(module.register_forward_pre_hook(self._enter(name, observes)))
             stack.enter_context(
                 module.register_forward_hook(

@@ -363,3 +363,10 @@ def test_output_gradients_are_exact_with_in_place_relu(functional):
     assert rms(z.grad) != pytest.approx(rms(a.grad))
     close(records["fc1"].activation.std, population_std(z))
     close(records[relu_name].activation.dead_fraction, dead_share(a, 1))
+
+
+def test_an_activation_module_as_the_root_is_reported_once():
+    model = nn.Tanh()
+    with probes.attach(model) as session:
+        model(torch.randn(3, 2))
+    assert [(r.name, r.source) for r in session.collect()] == [("", "module")]
