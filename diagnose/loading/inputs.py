@@ -80,6 +80,8 @@ def prepare_batch(loaded: "LoadedModel", *, input_shapes: tuple[tuple[int, ...],
 def make_batch(args: tuple, kwargs: dict, *, targets: "torch.Tensor | None", origin: str, synthetic: bool,
                device: str) -> Batch:
     """A Batch with everything on `device` and one InputStats per input tensor."""
+    import torch
+
     args = tuple(_to_device(v, device) for v in args)
     kwargs = {k: _to_device(v, device) for k, v in kwargs.items()}
     targets = None if targets is None else targets.to(device)
@@ -89,6 +91,12 @@ def make_batch(args: tuple, kwargs: dict, *, targets: "torch.Tensor | None", ori
         raise DiagnoseError("the batch has no input tensors; pass --input-shape or --inputs.")
     if any(t.numel() == 0 for _, t in tensors):
         raise DiagnoseError("an input tensor is empty (a zero-size dimension); pass a non-empty batch.")
+    for name, tensor in tensors:
+        # Some NaN/Inf is a finding (non-finite) worth reporting; nothing finite at all is bad data.
+        if (tensor.is_floating_point() or tensor.is_complex()) and not bool(torch.isfinite(tensor).any()):
+            raise DiagnoseError(
+                f"input {name} has no finite value (all NaN/Inf); check the data (and how it was loaded) before diagnosing the model."
+            )
     _check_targets_batch(targets, tensors[0][1])
     return Batch(args=args, kwargs=kwargs, targets=targets, origin=origin,
                  shapes=tuple(tuple(t.shape) for _, t in tensors),

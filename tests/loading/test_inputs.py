@@ -172,3 +172,18 @@ def test_targets_file(mlp, tmp_path: Path, suffix: str) -> None:
 def test_describe_integer_input_has_no_moments() -> None:
     stats = describe_input("ids", torch.tensor([[1, 2], [3, 4]]), synthetic=False)
     assert stats.integer and stats.mean is None and stats.shape == (2, 2) and stats.dtype == "int64"
+
+
+def test_inputs_with_no_finite_value_are_refused(tmp_path):
+    import numpy as np
+
+    from diagnose.errors import DiagnoseError
+    from diagnose.loading.inputs import make_batch
+    import torch
+
+    with pytest.raises(DiagnoseError, match="no finite value"):
+        make_batch((torch.full((4, 3), float("nan")),), {}, targets=None, origin="file", synthetic=False, device="cpu")
+    partly = torch.randn(4, 3)
+    partly[0, 0] = float("nan")
+    batch = make_batch((partly,), {}, targets=None, origin="file", synthetic=False, device="cpu")
+    assert batch.shapes == ((4, 3),)
