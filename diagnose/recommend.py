@@ -215,8 +215,7 @@ def _vanishing(finding: Finding, context: _Context) -> list[_Choice]:
     if activation in SATURATING:
         acts = _activation_records(context, [activation])
         choices.append(_Choice("relu", _target(context, [r.name for r in acts], activation=activation),
-                               f"The hidden layers use {activation}, whose slope is at most "
-                               f"{'0.25' if activation == 'sigmoid' else '1'} and near 0 in its tails."))
+                               f"The hidden layers use {activation} ({len(acts)} calls per forward)."))
         if small:
             choices += _init_choices(context, small)
     elif activation == "selu":
