@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from collections import Counter
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from diagnose.checks._signal import RELU_LIKE, SATURATING, by_index, flow_layers, preceding_weighted
@@ -19,6 +19,7 @@ from diagnose.checks.unnormalized_inputs import THRESHOLDS as INPUT_THRESHOLDS
 from diagnose.checks.unnormalized_inputs import unscaled
 from diagnose.findings import Finding, FixSuggestion
 from diagnose.fixes import FIXES, FixTarget
+from diagnose.severity import Severity
 
 if TYPE_CHECKING:
     from diagnose.evidence import Evidence
@@ -65,12 +66,34 @@ class _Choice:
 
 def recommend(findings: Iterable[Finding], evidence: Evidence) -> list[Finding]:
     """Attach ordered `FixSuggestion`s to each finding (findings keep their order)."""
+    findings = list(findings)
     context = _context(evidence)
+    root = _root_cause(findings)
     result = []
     for finding in findings:
         choices = _deduplicate(_RULES.get(finding.id, _no_fix)(finding, context))
+        if root is not None and finding.id in _SYMPTOMS:
+            finding = replace(
+                finding,
+                message=f"{finding.message}; probably a consequence of {root.id}: fix that first",
+                evidence={**finding.evidence, "likely_cause": root.id},
+            )
         result.append(finding.with_fixes(tuple(_suggestion(c) for c in choices)))
     return result
+
+
+# A stalled loss or tiny updates say little of their own when the network is already broken in
+# a way that stops learning: the structural error is the cause, and the LR advice would mislead.
+_SYMPTOMS = frozenset({"loss-not-decreasing", "lr-too-low"})
+_ROOT_CAUSES = (
+    "non-finite", "no-gradient", "dead-relu", "vanishing-gradients", "saturated-activations",
+    "activation-variance-collapse",
+)
+
+
+def _root_cause(findings: Sequence[Finding]) -> Finding | None:
+    errors = {f.id: f for f in findings if f.severity is Severity.ERROR}
+    return next((errors[i] for i in _ROOT_CAUSES if i in errors), None)
 
 
 def _context(evidence: Evidence) -> _Context:
@@ -271,7 +294,8 @@ def _dead_relu(finding: Finding, context: _Context) -> list[_Choice]:
     modules = [r.name for r in dead]
     choices.append(_Choice("leaky-relu", _target(context, modules, activation="relu"), ""))
     choices.append(_Choice("elu", _target(context, modules, activation="relu"), ""))
-    choices += _init_choices(context, feeders)
+    # Re-initialising only helps layers whose scale is off; at the right scale it changes nothing.
+    choices += _init_choices(context, _misscaled(feeders, "small") + _misscaled(feeders, "large"))
     choices.append(_Choice("lower-lr", _target(context), ""))
     return choices
 

@@ -122,3 +122,23 @@ def test_recommend_keeps_order_and_is_pure():
     assert first == second and [f.id for f in first] == ["no-gradient", "unnormalized-inputs"]
     assert findings[1].fixes == ()  # inputs untouched
     assert _fix_ids(first[1]) == ["normalize-inputs", "batch-norm"]
+
+
+def test_a_stalled_loss_in_a_dead_network_points_at_the_dead_units():
+    import torch
+    from torch import nn
+
+    import diagnose
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 4))
+    for layer in model:
+        if isinstance(layer, nn.Linear):
+            nn.init.kaiming_normal_(layer.weight, nonlinearity="relu")
+            nn.init.constant_(layer.bias, -10.0)
+    report = diagnose.check(model, torch.randn(64, 16), steps=20)
+    by_id = {f.id: f for f in report.findings}
+    assert "dead-relu" in by_id
+    assert by_id["loss-not-decreasing"].evidence["likely_cause"] == "dead-relu"
+    # the weights already have the He scale: re-initialising them is not offered as a cure
+    assert "he-init" not in [fix.id for fix in by_id["dead-relu"].fixes]
