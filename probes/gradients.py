@@ -22,7 +22,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from probes.stats import FOLD_EVERY
+# Per-backward vectors of squared parameter-gradient norms are summed into one running vector
+# once this many pile up, so a session attached for thousands of steps holds O(parameters).
+FOLD_EVERY = 64
 
 # Registered hook handles are pruned of dead graphs (their hook dicts freed with the graph)
 # every this many registrations, so a long session holds O(live graphs) handles.

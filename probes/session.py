@@ -273,7 +273,7 @@ class Session:
         if table is None:
             dtype = torch.float64 if data.dtype == torch.float64 else torch.float32
             table = self._tables[data.device] = CallTable(device=data.device, dtype=dtype)
-        return TableRow(table=table, row=table.add_row())
+        return table.add_row()
 
     def _output_grad_hook(self, state: LayerState):
         def hook(grad: torch.Tensor) -> None:
@@ -463,7 +463,7 @@ def _row_totals(state: LayerState, tables: dict[int, list[float]]) -> list[float
     sums = [0.0] * COLUMNS
     if state.row is not None:
         table = tables[id(state.row.table)]
-        start = state.row.row * COLUMNS
+        start = state.row.index * COLUMNS
         sums = table[start:start + COLUMNS]
     return [sums[SUM], sums[SUM_SQ], sums[NONFINITE], sums[SATURATED], sums[GRAD_SUM_SQ],
             sums[GRAD_NONFINITE], float(state.count), float(state.gradient_count),

@@ -1,11 +1,12 @@
 """On-device reductions of one observed tensor, and exact running totals of them.
 
-Every reduction writes its 0-dim result in place into a cell of a per-session device table;
-nothing keeps a reference to the observed tensor, so memory is O(layers), not O(activations).
+Every reduction writes its 0-dim result in place into a scratch cell and is added into the
+layer's float64 totals on the device; nothing keeps a reference to the observed tensor, so memory
+is O(layers), not O(activations).
 Totals are plain sums (count, sum, sum of squares, counts of non-finite and saturated values),
 so merging calls, and ranks of a distributed job, is exact; mean and std are derived from them
-once, at collect time. Counts are exact while one call has fewer than 2^24 elements (float32
-cells hold integers exactly up to there).
+once, at collect time. Counts are exact while one call has fewer than 2^24 elements (a float32
+scratch cell holds integers exactly up to there; the running totals are float64).
 
 Speed notes (measured on the 2-core CPU this was tuned on, see benchmarks/overhead.py):
 - `torch.var_mean` takes a slow Welford path on CPU (~7x a plain sum), and ops that produce bool
@@ -29,83 +30,60 @@ import torch
 
 from probes.targets import DEAD_CAPABLE, SATURATION_BOUNDS
 
-# Per-call results live in a ring of this many slots per layer; a full ring is folded into a
-# float64 running total, so a session attached for thousands of steps still holds O(layers).
-FOLD_EVERY = 64
-
-# Columns of the per-call table: every per-call reduction is written in place into its cell
-# (`out=`), so a call creates no result tensors and collect() reads the whole table at once
-# instead of stacking thousands of 0-dim tensors.
+# Columns of the per-layer totals: every per-call reduction is written in place (`out=`) into a
+# scratch cell and added into the layer's float64 totals, so a call creates no result tensors,
+# nothing piles up between collects, and collect() reads all layers' totals as one tensor.
 SUM, SUM_SQ, SATURATED, NONFINITE, GRAD_SUM_SQ, GRAD_NONFINITE = range(6)
 COLUMNS = 6
 
 
 @dataclass(slots=True)
 class CallTable:
-    """One device buffer [layers, FOLD_EVERY, COLUMNS] of per-call sums, plus float64 totals.
-
-    A layer's row is a ring of FOLD_EVERY call slots (activation and gradient calls advance
-    separately); zeroed slots add nothing, so the total of a row is `folded + buffer.sum(1)`.
-    """
+    """float64 totals [layers, COLUMNS] on one device, plus a scratch row in the compute dtype."""
 
     device: torch.device
     dtype: torch.dtype
-    rows: int = 0
-    buffer: torch.Tensor | None = None
-    folded: torch.Tensor | None = None
-    cells: list[tuple[torch.Tensor, ...]] = field(default_factory=list)  # per row: flat views
+    totals_buffer: torch.Tensor | None = None
+    scratch: torch.Tensor | None = None
+    cells: tuple[torch.Tensor, ...] = ()  # 0-dim views of scratch, one per column
+    pair: torch.Tensor | None = None  # scratch[SUM:SUM_SQ + 1]
+    rows: list["TableRow"] = field(default_factory=list)
 
-    def add_row(self) -> int:
-        if self.buffer is None or self.rows == self.buffer.shape[0]:
-            self._grow(max(16, 2 * self.rows))
-        self.cells.append(tuple(self.buffer[self.rows].view(-1).unbind()))
-        self.rows += 1
-        return self.rows - 1
-
-    def _grow(self, capacity: int) -> None:
-        buffer = torch.zeros((capacity, FOLD_EVERY, COLUMNS), dtype=self.dtype, device=self.device)
-        folded = torch.zeros((capacity, COLUMNS), dtype=torch.float64, device=self.device)
-        if self.buffer is not None:
-            buffer[: self.rows].copy_(self.buffer[: self.rows])
-            folded[: self.rows].copy_(self.folded[: self.rows])
-        self.buffer, self.folded = buffer, folded
-        self.cells = [tuple(buffer[r].view(-1).unbind()) for r in range(self.rows)]
-
-    def fold(self, row: int) -> None:
-        self.folded[row] += self.buffer[row].sum(0, dtype=torch.float64)
-        self.buffer[row].zero_()
+    def add_row(self) -> "TableRow":
+        if self.scratch is None:
+            self.scratch = torch.zeros(COLUMNS, dtype=self.dtype, device=self.device)
+            self.cells = tuple(self.scratch.unbind())
+            self.pair = self.scratch[SUM:SUM_SQ + 1]
+        if self.totals_buffer is None or len(self.rows) == self.totals_buffer.shape[0]:
+            capacity = max(16, 2 * len(self.rows))
+            grown = torch.zeros((capacity, COLUMNS), dtype=torch.float64, device=self.device)
+            if self.totals_buffer is not None:
+                grown[: len(self.rows)].copy_(self.totals_buffer[: len(self.rows)])
+            self.totals_buffer = grown
+            for row in self.rows:
+                row.bind(grown[row.index])
+        row = TableRow(table=self, index=len(self.rows))
+        row.bind(self.totals_buffer[row.index])
+        self.rows.append(row)
+        return row
 
     def totals(self) -> torch.Tensor:
         """[rows, COLUMNS] float64 totals (on the device)."""
-        return self.folded[: self.rows] + self.buffer[: self.rows].sum(1, dtype=torch.float64)
+        return self.totals_buffer[: len(self.rows)]
 
 
 @dataclass(slots=True)
 class TableRow:
-    """A layer's place in a CallTable, and the next free activation / gradient slot."""
+    """A layer's totals in a CallTable, as views the per-call code adds into."""
 
     table: CallTable
-    row: int
-    activation_slot: int = 0
-    gradient_slot: int = 0
+    index: int
+    pair: torch.Tensor | None = None  # totals[SUM:SUM_SQ + 1]
+    columns: tuple[torch.Tensor, ...] = ()
 
-    def activation_cells(self) -> tuple[torch.Tensor, ...]:
-        if self.activation_slot == FOLD_EVERY:
-            self._fold()
-        start = self.activation_slot * COLUMNS
-        self.activation_slot += 1
-        return self.table.cells[self.row][start:start + COLUMNS]
-
-    def gradient_cells(self) -> tuple[torch.Tensor, ...]:
-        if self.gradient_slot == FOLD_EVERY:
-            self._fold()
-        start = self.gradient_slot * COLUMNS
-        self.gradient_slot += 1
-        return self.table.cells[self.row][start:start + COLUMNS]
-
-    def _fold(self) -> None:
-        self.table.fold(self.row)
-        self.activation_slot = self.gradient_slot = 0
+    def bind(self, totals: torch.Tensor) -> None:
+        self.pair = totals[SUM:SUM_SQ + 1]
+        self.columns = tuple(totals.unbind())
 
 
 def unit_dim(tensor: torch.Tensor, after_conv1d: bool) -> int:
@@ -159,25 +137,32 @@ def write_saturated_count(
 
 
 def observe_activation(row: TableRow, y: torch.Tensor, bounds: tuple[float, float, bool] | None) -> None:
-    """Sum, sum of squares, nonfinite and saturated counts of one output, written in place."""
-    flat = float_view(y, row.table.dtype)
-    cells = row.activation_cells()
+    """Add the sum, sum of squares, nonfinite and saturated counts of one output to `row`."""
+    table = row.table
+    flat = float_view(y, table.dtype)
+    cells = table.cells
     torch.sum(flat, 0, out=cells[SUM])
     torch.dot(flat, flat, out=cells[SUM_SQ])
+    row.pair.add_(table.pair)
     finite = _known_finite(cells[SUM])
     if not finite:
         write_nonfinite_count(flat, cells[NONFINITE])
+        row.columns[NONFINITE].add_(cells[NONFINITE])
     if bounds is not None:
         write_saturated_count(flat, bounds, finite, cells[SATURATED])
+        row.columns[SATURATED].add_(cells[SATURATED])
 
 
 def observe_gradient(row: TableRow, grad: torch.Tensor) -> None:
-    """Sum of squares and nonfinite count of one output gradient, written in place."""
-    flat = float_view(grad, row.table.dtype)
-    cells = row.gradient_cells()
+    """Add the sum of squares and nonfinite count of one output gradient to `row`."""
+    table = row.table
+    flat = float_view(grad, table.dtype)
+    cells = table.cells
     torch.dot(flat, flat, out=cells[GRAD_SUM_SQ])
+    row.columns[GRAD_SUM_SQ].add_(cells[GRAD_SUM_SQ])
     if not _known_finite(cells[GRAD_SUM_SQ]):
         write_nonfinite_count(flat, cells[GRAD_NONFINITE])
+        row.columns[GRAD_NONFINITE].add_(cells[GRAD_NONFINITE])
 
 
 def unit_max(y: torch.Tensor, dim: int) -> torch.Tensor:
