@@ -89,7 +89,11 @@ def working_copy(module: nn.Module, device: torch.device) -> nn.Module:
             f"could not copy the model to probe it safely ({type(exc).__name__}: {_first_line(exc)}); "
             "diagnose never runs on the original module"
         ) from exc
-    clone.to(device)
+    with warnings.catch_warnings():
+        # ScriptModules expose non-leaf views of their parameters to `.to()`, which warns about
+        # reading `.grad` on them; nothing is wrong and nothing is read.
+        warnings.filterwarnings("ignore", message="The .grad attribute of a Tensor that is not a leaf")
+        clone.to(device)
     clone.train()
     for param in clone.parameters():
         param.grad = None
