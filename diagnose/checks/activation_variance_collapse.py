@@ -37,9 +37,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
-from diagnose.checks._signal import activation_trend, fmt_ratio, plain_runs
+from diagnose.checks._trends import at_or_below, variance_trend_findings
 from diagnose.findings import Finding
-from diagnose.severity import Severity
 
 if TYPE_CHECKING:
     from diagnose.evidence import Evidence
@@ -59,34 +58,7 @@ THRESHOLDS: dict[str, float] = {"ratio": RATIO, "ratio_error": RATIO_ERROR, "min
 
 
 def check(evidence: Evidence, thresholds: Mapping[str, float]) -> list[Finding]:
-    findings = []
-    for run in plain_runs(evidence.layers):
-        if len(run) < thresholds["min_layers"]:
-            continue
-        trend = activation_trend(run)
-        if trend is None:
-            continue
-        ratio, fitted = trend
-        if ratio > thresholds["ratio"] or fitted > thresholds["ratio"]:
-            continue
-        severity = Severity.ERROR if ratio <= thresholds["ratio_error"] else Severity.WARNING
-        findings.append(
-            Finding(
-                id=ID,
-                severity=severity,
-                title="Activation variance collapses with depth",
-                message=(
-                    f"output std falls {fmt_ratio(ratio)} from {run[0].name} ({run[0].activation.std:.3g}) "
-                    f"to {run[-1].name} ({run[-1].activation.std:.3g}) over {len(run)} layers"
-                ),
-                layers=tuple(r.name for r in run),
-                evidence={
-                    "ratio_last_first": ratio,
-                    "fitted_ratio": fitted,
-                    "per_layer_factor": ratio ** (1.0 / (len(run) - 1)),
-                    "first_std": run[0].activation.std,
-                    "last_std": run[-1].activation.std,
-                },
-            )
-        )
-    return findings
+    return variance_trend_findings(
+        evidence, thresholds, check_id=ID, title="Activation variance collapses with depth", verb="falls",
+        fires=at_or_below,
+    )

@@ -40,7 +40,8 @@ import math
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
-from diagnose.checks._signal import flow_layers, fmt_ratio, gradient_flow, log_linear_change
+from diagnose.checks._signal import flow_layers
+from diagnose.checks._trends import at_or_above, gradient_trend_finding
 from diagnose.findings import Finding
 from diagnose.severity import Severity
 
@@ -60,30 +61,12 @@ THRESHOLDS: dict[str, float] = {"ratio": RATIO, "huge_rms": HUGE_RMS, "min_layer
 
 
 def check(evidence: Evidence, thresholds: Mapping[str, float]) -> list[Finding]:
-    layers, norms = gradient_flow(evidence.layers)
-    if len(norms) >= max(int(thresholds["min_layers"]), 2):
-        ratio_first_last = norms[0] / norms[-1]
-        fitted = 1.0 / log_linear_change(norms)
-        if ratio_first_last >= thresholds["ratio"] and fitted >= thresholds["ratio"]:
-            return [
-                Finding(
-                    id=ID,
-                    severity=Severity.ERROR,
-                    title="Gradients explode toward the input",
-                    message=(
-                        f"gradient norm grows {fmt_ratio(ratio_first_last)} from {layers[-1].name} "
-                        f"to {layers[0].name} over {len(layers)} weighted layers"
-                    ),
-                    layers=tuple(r.name for r in layers),
-                    evidence={
-                        "ratio_first_last": ratio_first_last,
-                        "fitted_ratio": fitted,
-                        "first_gradient_norm": norms[0],
-                        "last_gradient_norm": norms[-1],
-                        "weighted_layers": len(layers),
-                    },
-                )
-            ]
+    finding = gradient_trend_finding(
+        evidence, thresholds, check_id=ID, title="Gradients explode toward the input", verb="grows",
+        fires=at_or_above,
+    )
+    if finding is not None:
+        return [finding]
     huge = [
         r for r in flow_layers(evidence.layers)
         if r.gradient.rms is not None and math.isfinite(r.gradient.rms) and r.gradient.rms > thresholds["huge_rms"]

@@ -44,9 +44,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
-from diagnose.checks._signal import fmt_ratio, gradient_flow, log_linear_change
+from diagnose.checks._trends import at_or_below, gradient_trend_finding
 from diagnose.findings import Finding
-from diagnose.severity import Severity
 
 if TYPE_CHECKING:
     from diagnose.evidence import Evidence
@@ -64,30 +63,8 @@ THRESHOLDS: dict[str, float] = {"ratio": RATIO, "min_layers": MIN_LAYERS}
 
 
 def check(evidence: Evidence, thresholds: Mapping[str, float]) -> list[Finding]:
-    layers, norms = gradient_flow(evidence.layers)
-    if len(norms) < max(int(thresholds["min_layers"]), 2):
-        return []
-    ratio_first_last = norms[0] / norms[-1]
-    fitted = 1.0 / log_linear_change(norms)
-    if ratio_first_last > thresholds["ratio"] or fitted > thresholds["ratio"]:
-        return []
-    first, last = layers[0].name, layers[-1].name
-    return [
-        Finding(
-            id=ID,
-            severity=Severity.ERROR,
-            title="Gradients vanish toward the input",
-            message=(
-                f"gradient norm falls {fmt_ratio(ratio_first_last)} from {last} to {first} "
-                f"over {len(layers)} weighted layers"
-            ),
-            layers=tuple(r.name for r in layers),
-            evidence={
-                "ratio_first_last": ratio_first_last,
-                "fitted_ratio": fitted,
-                "first_gradient_norm": norms[0],
-                "last_gradient_norm": norms[-1],
-                "weighted_layers": len(layers),
-            },
-        )
-    ]
+    finding = gradient_trend_finding(
+        evidence, thresholds, check_id=ID, title="Gradients vanish toward the input", verb="falls",
+        fires=at_or_below,
+    )
+    return [finding] if finding is not None else []
