@@ -322,7 +322,12 @@ class Session:
         if distributed_run and masks:
             masks = distributed.reduce_max_list(masks)
         units = {s.name: int(pair[1].numel()) for s, pair in maxima if pair is not None}
-        alive_slot = plan.vector(torch.stack([(m > 0).sum() for m in masks])) if masks else None
+        # A unit is alive unless its maximum is <= 0: a NaN maximum (a NaN reached the unit in a
+        # forward that is not merged with finite ones yet) is unknown, counted alive, so NaN
+        # inputs never inflate the dead share. Across forwards `fmax` already skips NaN.
+        alive_slot = (
+            plan.vector(torch.stack([(m <= 0).logical_not_().sum() for m in masks])) if masks else None
+        )
         param_parts = self._param_grads.parts()
         param_slots = [(key, plan.vector(vec)) for key, vec in param_parts]
         weighted = [(s, self._main_weights[s.name]) for s in states if s.name in self._main_weights]
