@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import warnings
 
 import torch
 from torch import nn
@@ -23,4 +24,7 @@ def clone_module(module: nn.Module) -> nn.Module:
             for node in graph.nodes:
                 memo[id(node)] = node
                 memo[id(node.meta)] = node.meta
-    return copy.deepcopy(module, memo)
+    with warnings.catch_warnings():
+        # torch's own pytree deprecation, raised while copying export-rebuilt modules
+        warnings.filterwarnings("ignore", category=FutureWarning, module="copyreg")
+        return copy.deepcopy(module, memo)

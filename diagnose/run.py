@@ -80,10 +80,7 @@ def make_optimizer(name: str, params, lr: float) -> torch.optim.Optimizer:
 def working_copy(module: nn.Module, device: torch.device) -> nn.Module:
     """A deep copy in training mode on `device`; the original is never touched."""
     try:
-        with warnings.catch_warnings():
-            # torch's own pytree deprecation, raised while copying export-rebuilt modules
-            warnings.filterwarnings("ignore", category=FutureWarning, module="copyreg")
-            clone = clone_module(module)
+        clone = clone_module(module)
     except Exception as exc:  # modules holding locks, open files, generators...
         raise DiagnoseError(
             f"could not copy the model to probe it safely ({type(exc).__name__}: {_first_line(exc)}); "
