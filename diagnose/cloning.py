@@ -27,4 +27,17 @@ def clone_module(module: nn.Module) -> nn.Module:
     with warnings.catch_warnings():
         # torch's own pytree deprecation, raised while copying export-rebuilt modules
         warnings.filterwarnings("ignore", category=FutureWarning, module="copyreg")
-        return copy.deepcopy(module, memo)
+        clone = copy.deepcopy(module, memo)
+    _make_parameters_leaves(clone)
+    return clone
+
+
+def _make_parameters_leaves(module: nn.Module) -> None:
+    """Deep-copied ScriptModules hold their parameters as autograd clones of the originals (not
+    leaves: no `.grad`, no optimizer); detach them in place so the copy trains like the original."""
+    with torch.no_grad():
+        for param in module.parameters():
+            if not param.is_leaf:
+                requires_grad = param.requires_grad
+                param.detach_()
+                param.requires_grad_(requires_grad)

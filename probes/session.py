@@ -118,6 +118,9 @@ class Session:
         self._tables: dict[torch.device, CallTable] = {}
         self._main_weights: dict[str, torch.Tensor] = {}  # weighted layer -> the weight judged
         self._device: torch.device | None = None
+        self._static_context: dict[str, tuple[str | None, bool]] = {}
+        # Plain sentences on what could not be measured for this model (and why).
+        self.limitations: tuple[str, ...] = ()
 
     # ---- setup -------------------------------------------------------------------------------
 
@@ -126,18 +129,23 @@ class Session:
         stack.callback(self._close)  # first in, last out: runs after every handle is removed
         exported = exported_type_names(model)
         tracked: list[torch.Tensor] = []
+        scripted: list[str] = []  # ScriptModules that are not inside another one
+        script_params: list[torch.Tensor] = []
         for name, module in model.named_modules():
             type_name = type_name_of(module, name, exported)
             has_params = next(module.parameters(recurse=False), None) is not None
             kind = kind_of(type_name, has_params)
-            if module is not model and _is_silent_builtin(module, kind):
+            in_script = isinstance(module, torch.jit.ScriptModule)
+            if in_script and not any(_is_inside(name, outer) for outer in scripted):
+                scripted.append(name)
+            if not in_script and module is not model and _is_silent_builtin(module, kind):
                 continue
             state = None
             if kind is not None:
                 family = ACTIVATION_MODULES.get(type_name) if kind == "activation" else None
                 state = LayerState(
                     name=name, type_name=type_name, kind=kind, source="module", owner=name,
-                    family=family, tracks_dead=tracks_dead(family),
+                    family=family, tracks_dead=tracks_dead(family), in_script=in_script,
                     bounds=saturation_bounds(
                         family, getattr(module, "min_val", None), getattr(module, "max_val", None)
                     ),
@@ -154,6 +162,10 @@ class Session:
                     if param.requires_grad:
                         self._params.append(_Param(name, local, param.numel()))
                         tracked.append(param)
+                        if in_script and param.is_leaf:  # only a leaf gets a .grad to read
+                            script_params.append(param)
+            if in_script:
+                continue  # forward hooks cannot be registered on (or run inside) a ScriptModule
             # Known leaf types never call a user-visible activation: the mode stays off inside
             # (and an activation module's own F.relu is not reported a second time).
             observes = kind is None or kind == "other"
@@ -164,6 +176,18 @@ class Session:
                 )
             )
         self._param_grads = ParamGradients(params=tracked)
+        # Script code runs no output-gradient hook to queue the parameter-gradient read, so each
+        # scripted parameter queues it (once per backward) when its .grad has been accumulated.
+        for param in script_params:
+            stack.callback(param.register_post_accumulate_grad_hook(self._param_grad_ready).remove)
+        self._static_context = _script_sequential_context(model, self._states)
+        if scripted:
+            where = "the whole model" if scripted == [""] else ", ".join(scripted)
+            self.limitations += (
+                f"TorchScript ({where}): module hooks cannot run on ScriptModules, so activation, "
+                "dead-unit, saturation and output-gradient probes did not run there; weights, "
+                "parameter gradients and update ratios were measured.",
+            )
         trainable = [
             (name, [p for p in self._modules[name].parameters(recurse=False) if p.requires_grad])
             for name in self._states
@@ -282,12 +306,20 @@ class Session:
             state.gradient_count += grad.numel()
             state.gradient_calls += 1
             observe_gradient(state.row, grad.detach())
-            backward = current_backward_id()
-            if backward != self._backward_queued and self._params:
-                self._backward_queued = backward
-                queue_after_backward(self._after_backward)
+            self._queue_param_read()
 
         return hook
+
+    def _param_grad_ready(self, param: torch.Tensor) -> None:
+        if self._open:
+            self._queue_param_read()
+
+    def _queue_param_read(self) -> None:
+        """Read every tracked `.grad` once, after the backward pass now running is done."""
+        backward = current_backward_id()
+        if backward != self._backward_queued and self._params:
+            self._backward_queued = backward
+            queue_after_backward(self._after_backward)
 
     def _after_backward(self) -> None:
         if self._open:
@@ -308,7 +340,8 @@ class Session:
         executed = sorted((s for s in self._states.values() if s.index >= 0), key=lambda s: s.index)
         unused = [
             s for s in self._states.values()
-            if s.index < 0 and s.source == "module" and self._trainable(s.name)
+            if s.index < 0 and s.source == "module"
+            and (self._trainable(s.name) or (s.in_script and self._param_counts[s.name][0] > 0))
         ]
         states = executed + unused
         device = self._device or torch.device("cpu")
@@ -386,7 +419,9 @@ class Session:
         records: list[LayerRecord] = []
         for position, (state, row) in enumerate(zip(states, totals)):
             s1, s2, nonfinite, saturated, g2, g_nonfinite, count, g_count, g_calls = row
-            followed_by, normalized = context.get(state.name, (None, False))
+            followed_by, normalized = context.get(state.name) or self._static_context.get(
+                state.name, (None, False)
+            )
             params = params_by_layer.get(state.name, [])
             records.append(
                 LayerRecord(
@@ -426,7 +461,9 @@ class Session:
         scheme = expected = None
         if state.kind in ("linear", "conv", "attention", "other"):
             fan_in, fan_out = fans(weight, state.type_name)
-            if fan_in > 0 and fan_out > 0:
+            # Inside script code an unknown follower stays unknown: no scheme is guessed.
+            known = followed_by is not None or not state.in_script
+            if fan_in > 0 and fan_out > 0 and known:
                 scheme = scheme_for(followed_by if followed_by != "none" else None)
                 expected = expected_std(scheme, fan_in, fan_out)
         return WeightStats(
@@ -559,6 +596,62 @@ def _following_context(executed: list[LayerState]) -> dict[str, tuple[str, bool]
             elif later.kind == "activation" and followed_by == "none":
                 followed_by = later.family or "none"
         context[state.name] = (followed_by, normalized)
+    return context
+
+
+def _is_inside(name: str, outer: str) -> bool:
+    return outer == "" or name == outer or name.startswith(outer + ".")
+
+
+def _is_silent_builtin_name(type_name: str, module: nn.Module) -> bool:
+    """A scripted torch.nn leaf that passes its input on without an activation (Dropout, Flatten)."""
+    cls = getattr(nn, type_name, None)
+    return (
+        isinstance(cls, type)
+        and cls.__module__.startswith("torch.nn.modules.")
+        and type_name not in ACTIVATION_MODULES
+        and next(iter(module.children()), None) is None
+    )
+
+
+def _script_sequential_context(model: nn.Module, states: dict[str, LayerState]):
+    """`_following_context` for weighted layers in scripted Sequentials, which never report running.
+
+    A scripted Sequential runs its children in order, so that order is the execution order. The
+    scan stops at a child whose forward is unknown (a custom module): the follower is then unknown
+    (None) unless an activation was already seen. Past the end of the root the follower is "none".
+    """
+    context: dict[str, tuple[str | None, bool]] = {}
+    for prefix, module in model.named_modules():
+        if not isinstance(module, torch.jit.ScriptModule) or module.original_name != "Sequential":
+            continue
+        children = [
+            (f"{prefix}.{child}" if prefix else child, sub) for child, sub in module.named_children()
+        ]
+        for i, (name, _) in enumerate(children):
+            state = states.get(name)
+            if state is None or state.kind not in WEIGHTED_KINDS:
+                continue
+            followed_by, normalized = None, False
+            ended = True
+            for later_name, later in children[i + 1:]:
+                later_state = states.get(later_name)
+                if later_state is None:
+                    if _is_silent_builtin_name(later.original_name, later):
+                        continue
+                    ended = False
+                    break
+                if later_state.kind in WEIGHTED_KINDS:
+                    followed_by = followed_by or "none"
+                    ended = False
+                    break
+                if later_state.kind == "norm":
+                    normalized = True
+                elif later_state.kind == "activation" and followed_by is None:
+                    followed_by = later_state.family or "none"
+            if ended and followed_by is None and module is model:
+                followed_by = "none"
+            context[name] = (followed_by, normalized)
     return context
 
 

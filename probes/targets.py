@@ -176,6 +176,8 @@ def exported_type_names(model: nn.Module) -> dict[str, str]:
     """
     names: dict[str, str] = {}
     for prefix, module in model.named_modules():
+        if isinstance(module, torch.jit.ScriptModule):
+            continue  # a TorchScript graph: `nodes` is a method there, and no nn_module_stack
         graph = getattr(module, "graph", None)
         if graph is None or not hasattr(graph, "nodes"):
             continue
@@ -192,6 +194,8 @@ def exported_type_names(model: nn.Module) -> dict[str, str]:
 
 
 def type_name_of(module: nn.Module, qualified_name: str, exported: dict[str, str]) -> str:
+    if isinstance(module, torch.jit.ScriptModule):
+        return module.original_name  # the eager class name it was scripted (or traced) from
     exported_name = exported.get(qualified_name)
     cls_name = type(module).__name__
     if exported_name and cls_name in ("InterpreterModule", "UnflattenedModule", "GraphModule"):

@@ -19,6 +19,7 @@ class LayerState:
     family: str | None
     bounds: tuple[float, float, bool] | None
     tracks_dead: bool
+    in_script: bool = False  # inside a ScriptModule: no hooks run, only weights/grads are read
     index: int = -1  # execution order, set when the layer first produces an output
     calls: int = 0
     output_shape: tuple[int, ...] | None = None
