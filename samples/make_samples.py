@@ -134,6 +134,10 @@ def export_sample(name: str, out_dir: Path = HERE) -> Path:
     model.train()
     batch = torch.export.Dim("batch", min=2, max=4096)
     program = torch.export.export(model, (example,), dynamic_shapes=({0: batch},))
+    for node in program.graph.nodes:
+        # Stack traces hold this script's absolute path: drop them so the bytes do not depend
+        # on where the repository is checked out.
+        node.meta.pop("stack_trace", None)
     path = out_dir / f"{name}.pt2"
     torch.export.save(program, str(path))
     return path
