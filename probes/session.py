@@ -52,6 +52,10 @@ from probes.tracker import Frame, LayerState, ModuleStack
 from probes.updates import UpdateTracker
 from probes.weights import weight_moments, weight_parts
 
+# Device types whose per-call results are read on the host at no sync cost: totals are kept in
+# Python floats there (probes/stats.py), on the device everywhere else.
+HOST_TOTALS_DEVICES = ("cpu",)
+
 _CONV1D_TYPES = frozenset({"Conv1d", "ConvTranspose1d", "LazyConv1d"})
 
 
@@ -296,7 +300,9 @@ class Session:
         table = self._tables.get(data.device)
         if table is None:
             dtype = torch.float64 if data.dtype == torch.float64 else torch.float32
-            table = self._tables[data.device] = CallTable(device=data.device, dtype=dtype)
+            table = self._tables[data.device] = CallTable(
+                device=data.device, dtype=dtype, on_host=data.device.type in HOST_TOTALS_DEVICES
+            )
         return table.add_row()
 
     def _output_grad_hook(self, state: LayerState):
@@ -347,7 +353,10 @@ class Session:
         device = self._device or torch.device("cpu")
         plan = _TransferPlan(device)
         with torch.no_grad():
-            table_slots = {id(table): plan.vector(table.totals()) for table in self._tables.values()}
+            table_slots = {
+                id(table): plan.vector(table.totals())
+                for table in self._tables.values() if not table.on_host
+            }
         distributed_run = reduce and distributed.world_size() > 1
         maxima = [(s, s.alive.maxima()) for s in states]
         mask_states = [s for s, pair in maxima if pair is not None]
@@ -503,7 +512,9 @@ class _TransferPlan:
 def _row_totals(state: LayerState, tables: dict[int, list[float]]) -> list[float]:
     """[sum, sum sq, nonfinite, saturated, grad sum sq, grad nonfinite, count, grad count, grad calls]."""
     sums = [0.0] * COLUMNS
-    if state.row is not None:
+    if state.row is not None and state.row.host is not None:
+        sums = state.row.host
+    elif state.row is not None:
         table = tables[id(state.row.table)]
         start = state.row.index * COLUMNS
         sums = table[start:start + COLUMNS]

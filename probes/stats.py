@@ -43,6 +43,10 @@ class CallTable:
 
     device: torch.device
     dtype: torch.dtype
+    # On CPU a 0-dim result is read without any device sync, so rows keep their totals in Python
+    # floats (float64, like the device totals): a call then costs its reductions and nothing else
+    # (no in-place adds, ~2x fewer ops per call on small layers; see benchmarks/overhead.py W4).
+    on_host: bool = False
     totals_buffer: torch.Tensor | None = None
     scratch: torch.Tensor | None = None
     cells: tuple[torch.Tensor, ...] = ()  # 0-dim views of scratch, one per column
@@ -54,6 +58,10 @@ class CallTable:
             self.scratch = torch.zeros(COLUMNS, dtype=self.dtype, device=self.device)
             self.cells = tuple(self.scratch.unbind())
             self.pair = self.scratch[SUM:SUM_SQ + 1]
+        if self.on_host:
+            row = TableRow(table=self, index=len(self.rows), host=[0.0] * COLUMNS)
+            self.rows.append(row)
+            return row
         if self.totals_buffer is None or len(self.rows) == self.totals_buffer.shape[0]:
             capacity = max(16, 2 * len(self.rows))
             grown = torch.zeros((capacity, COLUMNS), dtype=torch.float64, device=self.device)
@@ -80,6 +88,7 @@ class TableRow:
     index: int
     pair: torch.Tensor | None = None  # totals[SUM:SUM_SQ + 1]
     columns: tuple[torch.Tensor, ...] = ()
+    host: list[float] | None = None  # the totals themselves, for rows of an on-host table
 
     def bind(self, totals: torch.Tensor) -> None:
         self.pair = totals[SUM:SUM_SQ + 1]
@@ -141,6 +150,19 @@ def observe_activation(row: TableRow, y: torch.Tensor, bounds: tuple[float, floa
     table = row.table
     flat = float_view(y, table.dtype)
     cells = table.cells
+    host = row.host
+    if host is not None:
+        total = flat.sum().item()
+        host[SUM] += total
+        host[SUM_SQ] += torch.dot(flat, flat).item()
+        finite = math.isfinite(total)
+        if not finite:
+            write_nonfinite_count(flat, cells[NONFINITE])
+            host[NONFINITE] += cells[NONFINITE].item()
+        if bounds is not None:
+            write_saturated_count(flat, bounds, finite, cells[SATURATED])
+            host[SATURATED] += cells[SATURATED].item()
+        return
     torch.sum(flat, 0, out=cells[SUM])
     torch.dot(flat, flat, out=cells[SUM_SQ])
     row.pair.add_(table.pair)
@@ -158,6 +180,14 @@ def observe_gradient(row: TableRow, grad: torch.Tensor) -> None:
     table = row.table
     flat = float_view(grad, table.dtype)
     cells = table.cells
+    host = row.host
+    if host is not None:
+        total = torch.dot(flat, flat).item()
+        host[GRAD_SUM_SQ] += total
+        if not math.isfinite(total):
+            write_nonfinite_count(flat, cells[GRAD_NONFINITE])
+            host[GRAD_NONFINITE] += cells[GRAD_NONFINITE].item()
+        return
     torch.dot(flat, flat, out=cells[GRAD_SUM_SQ])
     row.columns[GRAD_SUM_SQ].add_(cells[GRAD_SUM_SQ])
     if not _known_finite(cells[GRAD_SUM_SQ]):
