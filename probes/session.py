@@ -123,6 +123,7 @@ class Session:
         self._main_weights: dict[str, torch.Tensor] = {}  # weighted layer -> the weight judged
         self._device: torch.device | None = None
         self._static_context: dict[str, tuple[str | None, bool]] = {}
+        self._init_targets: dict[tuple, tuple] = {}  # (layer, follower, shape) -> _init_target
         # Plain sentences on what could not be measured for this model (and why).
         self.limitations: tuple[str, ...] = ()
 
@@ -466,6 +467,20 @@ class Session:
         values, weight_numel, bias_numel = measured
         weight = self._main_weights[state.name]
         w_std, w_mean, b_std, b_mean = weight_moments(values, weight_numel, bias_numel)
+        key = (state.name, followed_by, weight.shape)
+        cached = self._init_targets.get(key)
+        if cached is None:
+            cached = self._init_targets[key] = self._init_target(state, weight, followed_by)
+        fan_in, fan_out, scheme, expected = cached
+        return WeightStats(
+            std=w_std, mean=w_mean, expected_std=expected, scheme=scheme, fan_in=fan_in, fan_out=fan_out,
+            normalized=normalized, frozen=not self._trainable(state.name),
+            numel=weight_numel, bias_mean=b_mean, bias_std=b_std,
+        )
+
+    @staticmethod
+    def _init_target(state, weight, followed_by):
+        """(fan_in, fan_out, scheme, expected std): static per layer and follower, so cached."""
         fan_in = fan_out = None
         scheme = expected = None
         if state.kind in ("linear", "conv", "attention", "other"):
@@ -475,11 +490,7 @@ class Session:
             if fan_in > 0 and fan_out > 0 and known:
                 scheme = scheme_for(followed_by if followed_by != "none" else None)
                 expected = expected_std(scheme, fan_in, fan_out)
-        return WeightStats(
-            std=w_std, mean=w_mean, expected_std=expected, scheme=scheme, fan_in=fan_in, fan_out=fan_out,
-            normalized=normalized, frozen=not self._trainable(state.name),
-            numel=weight_numel, bias_mean=b_mean, bias_std=b_std,
-        )
+        return fan_in, fan_out, scheme, expected
 
 
 class _TransferPlan:
