@@ -24,6 +24,24 @@ if TYPE_CHECKING:
     from probes.session import Session
 
 _UNKNOWN = object()
+_PASS = "pass-through"
+
+# Ops that hand their input on unchanged in meaning (dropout, reshapes, pooling): the data flow
+# between probed layers runs through them, so their output keeps its input's producer. Without
+# this, Linear -> ReLU -> Dropout -> Linear would look like two unrelated layers.
+PASS_THROUGH = frozenset({
+    "dropout", "dropout_", "alpha_dropout", "feature_alpha_dropout", "dropout1d", "dropout2d",
+    "dropout3d", "native_dropout", "view", "reshape", "flatten", "contiguous", "max_pool1d",
+    "max_pool2d", "max_pool3d", "avg_pool1d", "avg_pool2d", "avg_pool3d", "adaptive_avg_pool1d",
+    "adaptive_avg_pool2d", "adaptive_avg_pool3d", "adaptive_max_pool2d", "max_pool2d_with_indices",
+    "_adaptive_avg_pool2d", "clone",
+})
+
+
+def _pass_through(func) -> bool:
+    packet = getattr(func, "overloadpacket", None)
+    name = getattr(packet if packet is not None else func, "__name__", None)
+    return isinstance(name, str) and name in PASS_THROUGH
 
 
 class FunctionalActivations(TorchFunctionMode):
@@ -40,9 +58,13 @@ class FunctionalActivations(TorchFunctionMode):
         except TypeError:  # an unhashable callable: never an activation we know
             return out
         if family is _UNKNOWN:
-            family = function_family(func)
+            family = function_family(func) or (_PASS if _pass_through(func) else None)
             self._families[func] = family
-        if family is not None and isinstance(out, torch.Tensor):
+        if family is None:
+            return out
+        if family is _PASS:
+            self._session._pass_through(args, out)
+        elif isinstance(out, torch.Tensor):
             self._session._observe_function(func, family, args, kwargs or {}, out)
         return out
 

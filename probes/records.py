@@ -72,6 +72,8 @@ class LayerRecord:
     """Everything measured about one probed layer (a module, or an activation called as a function).
 
     `kind` is one of: linear, conv, embedding, recurrent, norm, attention, activation, other.
+    `input_from` traces the data flow between probed layers, so that parallel branches (an
+    attention block's query, key and value) are not mistaken for a chain.
     `activation_kind` names the activation family (relu, tanh, sigmoid, selu, gelu, ...) for
     activation layers; `followed_by` names the family of the first activation that runs after a
     weighted layer and before the next one ("none" when there is none).
@@ -87,6 +89,9 @@ class LayerRecord:
     followed_by: str | None = None
     calls: int = 0
     output_shape: tuple[int, ...] | None = None
+    # The probed layer whose output this layer's first input was, on its first call: "" when the
+    # input came from an op no probe saw (a reshape, an add, the model input), None when unknown.
+    input_from: str | None = None
     parameters: int = 0
     trainable_parameters: int = 0
     params_without_gradient: tuple[str, ...] = ()

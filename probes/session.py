@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import weakref
 import math
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
@@ -114,6 +115,8 @@ class Session:
         self._handles = HookHandles()
         self._next_index = 0
         self._forward_id = 0
+        # id(output tensor) -> (weak reference, layer name), for the current forward only
+        self._producers: dict[int, tuple[weakref.ref, str]] = {}
         self._after_conv1d = False
         self._open = True
         self._backward_queued = -2  # id of the backward pass whose parameter read is queued
@@ -226,6 +229,7 @@ class Session:
                 return
             if not frames:
                 self._forward_id += 1
+                self._producers.clear()
             frames.append(Frame(name=name, observes_functions=observes))
             mode.switch(observes)
 
@@ -243,7 +247,7 @@ class Session:
                 if state is not None:
                     if state.kind in WEIGHTED_KINDS:
                         self._after_conv1d = conv1d
-                    self._observe_output(state, output)
+                    self._observe_output(state, output, args)
             finally:
                 self._stack.pop(name)
                 mode.switch(frames[-1].observes_functions if frames else False)
@@ -273,9 +277,27 @@ class Session:
                 family=family, bounds=bounds, tracks_dead=tracks_dead(family),
             )
             self._states[name] = state
-        self._observe_output(state, out)
+        self._observe_output(state, out, args)
 
-    def _observe_output(self, state: LayerState, output) -> None:
+    def _pass_through(self, inputs, output) -> None:
+        """Dropout, reshapes, pooling: their output keeps the producer of their input."""
+        out = output[0] if isinstance(output, tuple) and output else output
+        if not isinstance(out, torch.Tensor) or not self._open:
+            return
+        producer = self._producer_of(inputs)
+        if producer:
+            self._producers[id(out)] = (weakref.ref(out), producer)
+
+    def _producer_of(self, inputs) -> str:
+        """The probed layer that produced the first tensor in `inputs` in this forward, or ""."""
+        first = inputs[0] if isinstance(inputs, tuple) and inputs else inputs
+        if not isinstance(first, torch.Tensor):
+            return ""
+        entry = self._producers.get(id(first))
+        # ids are reused once a tensor dies: the weak reference proves it is the same tensor
+        return entry[1] if entry is not None and entry[0]() is first else ""
+
+    def _observe_output(self, state: LayerState, output, inputs=None) -> None:
         y = output if type(output) is torch.Tensor else _first_float_tensor(output)
         state.calls += 1
         if y is None or not y.is_floating_point():
@@ -284,6 +306,8 @@ class Session:
             state.index = self._next_index
             self._next_index += 1
             state.output_shape = tuple(y.shape)
+            state.input_from = self._producer_of(inputs)
+        self._producers[id(y)] = (weakref.ref(y), state.name)
         data = y.detach()  # reductions of a detached tensor record no graph: no no_grad() needed
         if state.row is None:
             state.row = self._new_row(data)
@@ -440,7 +464,7 @@ class Session:
                     kind=state.kind, source=state.source, owner=state.owner,
                     activation_kind=state.family,
                     followed_by=followed_by if state.kind in WEIGHTED_KINDS else None,
-                    calls=state.calls, output_shape=state.output_shape,
+                    calls=state.calls, output_shape=state.output_shape, input_from=state.input_from,
                     parameters=self._count_params(state, trainable_only=False),
                     trainable_parameters=self._count_params(state, trainable_only=True),
                     params_without_gradient=tuple(

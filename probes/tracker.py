@@ -21,6 +21,7 @@ class LayerState:
     tracks_dead: bool
     in_script: bool = False  # inside a ScriptModule: no hooks run, only weights/grads are read
     index: int = -1  # execution order, set when the layer first produces an output
+    input_from: str | None = None  # producer of the first input on the first call ("" untracked)
     calls: int = 0
     output_shape: tuple[int, ...] | None = None
     row: TableRow | None = None  # where this layer's per-call sums are written

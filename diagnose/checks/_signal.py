@@ -87,13 +87,18 @@ def gradient_flow(layers: Iterable[LayerRecord]) -> tuple[list[LayerRecord], lis
 def plain_runs(layers: Iterable[LayerRecord]) -> list[list[LayerRecord]]:
     """Maximal runs of consecutive linear/conv layers with no normalisation between them.
 
+    Each layer in a run reads the previous one's output (see `_continues`): parallel branches
+    start runs of their own.
+
     A layer that feeds a normalisation layer ends its run (it is part of the run, since its output is
     still the signal entering the norm). Layers without a recorded output (weights used functionally
     inside another module) are left out, since their place in the flow is unknown.
     """
+    ordered = by_index(layers)
+    by_name = {r.name: r for r in ordered}
     runs: list[list[LayerRecord]] = []
     current: list[LayerRecord] = []
-    for record in by_index(layers):
+    for record in ordered:
         if record.kind in STACK_BREAKERS:
             if current:
                 runs.append(current)
@@ -101,6 +106,9 @@ def plain_runs(layers: Iterable[LayerRecord]) -> list[list[LayerRecord]]:
             continue
         if record.kind not in STACK_KINDS or record.weight is None or record.output_shape is None:
             continue
+        if current and not _continues(record, current[-1], by_name):
+            runs.append(current)
+            current = []
         current.append(record)
         if record.weight.normalized:
             runs.append(current)
@@ -108,6 +116,26 @@ def plain_runs(layers: Iterable[LayerRecord]) -> list[list[LayerRecord]]:
     if current:
         runs.append(current)
     return runs
+
+
+def _continues(record: LayerRecord, previous: LayerRecord, by_name: dict[str, LayerRecord]) -> bool:
+    """Whether `record` reads `previous`'s output (through activations only): a chain, not a branch.
+
+    Query, key and value projections run one after the other but each reads the same input;
+    treating them as three layers deep would invent a depth trend. When the probes could not
+    trace the flow (records without `input_from`), consecutive layers are taken as a chain.
+    """
+    source = record.input_from
+    for _ in range(len(by_name)):
+        if source is None:
+            return True
+        if source == previous.name:
+            return True
+        upstream = by_name.get(source)
+        if upstream is None or upstream.kind != "activation":
+            return False
+        source = upstream.input_from
+    return False
 
 
 def preceding_weighted(layers: Sequence[LayerRecord], record: LayerRecord) -> LayerRecord | None:

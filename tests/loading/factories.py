@@ -44,3 +44,14 @@ def build_needs_argument(width: int) -> nn.Module:
 
 
 NOT_CALLABLE = 42
+
+
+def build_bert() -> nn.Module:
+    from transformers import BertConfig, BertForSequenceClassification
+
+    torch.manual_seed(0)
+    config = BertConfig(
+        vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+        intermediate_size=64, max_position_embeddings=32, num_labels=3,
+    )
+    return BertForSequenceClassification(config)
