@@ -151,6 +151,7 @@ class Measurements:
     run_layers: tuple
     loss: LossTrace
     nonfinite_loss_step: int | None
+    limitations: tuple[str, ...] = ()  # what the probes could not measure on this model
 
 
 def measure(module: nn.Module, workload: Workload) -> Measurements:
@@ -163,6 +164,7 @@ def measure(module: nn.Module, workload: Workload) -> Measurements:
             loss, spec = _loss_of(output, workload, None)
             _backward(loss)
         layers = tuple(session.collect())
+        limitations = tuple(getattr(session, "limitations", ()))
         initial = float(loss.detach())
         del initial_model, output, loss
 
@@ -200,7 +202,10 @@ def measure(module: nn.Module, workload: Workload) -> Measurements:
         final=history[-1] if history else initial,
         history=tuple(history) if history else (initial,),
     )
-    return Measurements(layers=layers, run_layers=run_layers, loss=trace, nonfinite_loss_step=nonfinite_step)
+    return Measurements(
+        layers=layers, run_layers=run_layers, loss=trace, nonfinite_loss_step=nonfinite_step,
+        limitations=limitations,
+    )
 
 
 def _warmup(optimizer, steps: int):
@@ -228,7 +233,10 @@ def collect_evidence(loaded: LoadedModel, batch: Batch, settings: Settings) -> t
             parameters=sum(p.numel() for p in params),
             trainable_parameters=sum(p.numel() for p in params if p.requires_grad),
             layers=len(measured.layers),
-            limitations=loaded.limitations,
+            # the loader's words first; the probes' own only where they add a new fact
+            limitations=loaded.limitations + tuple(
+                note for note in measured.limitations if not any("TorchScript" in own for own in loaded.limitations)
+            ),
         ),
         run=RunInfo(
             device=str(device),

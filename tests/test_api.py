@@ -89,3 +89,15 @@ def test_a_forward_that_raises_is_a_diagnose_error():
 def test_wrong_input_shape_is_a_diagnose_error():
     with pytest.raises(diagnose.DiagnoseError):
         diagnose.check(_mlp(), torch.randn(8, 3))
+
+
+def test_torchscript_models_get_weight_and_gradient_checks_and_say_what_did_not_run():
+    torch.manual_seed(0)
+    scripted = torch.jit.script(_mlp())
+    report = diagnose.check(scripted, torch.randn(32, 16), steps=3)
+    data = report.to_dict()
+    assert any("TorchScript" in note for note in data["model"]["limitations"])
+    weighted = [layer for layer in data["layers"] if layer["weight"] is not None]
+    assert len(weighted) == 4
+    assert all(layer["gradient"]["norm"] for layer in weighted)
+    assert all(layer["activation"]["std"] is None for layer in data["layers"])
