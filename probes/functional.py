@@ -13,6 +13,7 @@ forward is known (Linear, Conv, norms, activation modules), in the loss, backwar
 
 from __future__ import annotations
 
+import inspect
 from typing import TYPE_CHECKING
 
 import torch
@@ -38,6 +39,28 @@ PASS_THROUGH = frozenset({
 })
 
 
+# In-place dunder methods (`out += x`, `x[i] = v`): they change their first argument.
+_INPLACE_DUNDERS = frozenset({
+    "__iadd__", "__isub__", "__imul__", "__itruediv__", "__ifloordiv__", "__imod__", "__ipow__",
+    "__imatmul__", "__iand__", "__ior__", "__ixor__", "__ilshift__", "__irshift__", "__setitem__",
+})
+_NEVER, _ALWAYS, _IF_ASKED = 0, 1, 2  # does a call change a tensor argument in place?
+
+
+def _inplace_kind(func) -> int:
+    """_ALWAYS for `relu_`/`add_`/`__iadd__`..., _IF_ASKED for functions taking `inplace`/`out`."""
+    name = getattr(func, "__name__", None)
+    if not isinstance(name, str):
+        return _NEVER
+    if name in _INPLACE_DUNDERS or (name.endswith("_") and not name.startswith("__")):
+        return _ALWAYS
+    try:
+        parameters = inspect.signature(func).parameters
+    except (TypeError, ValueError):  # builtins without a signature: `out=` is still checked
+        return _IF_ASKED
+    return _IF_ASKED if "inplace" in parameters or "out" in parameters else _NEVER
+
+
 def _pass_through(func) -> bool:
     packet = getattr(func, "overloadpacket", None)
     name = getattr(packet if packet is not None else func, "__name__", None)
@@ -49,9 +72,12 @@ class FunctionalActivations(TorchFunctionMode):
         super().__init__()
         self._session = session
         self._families: dict[object, str | None] = {}
+        self._inplace: dict[object, int] = {}
         self.on_stack = False
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
+        if self._session._pending.items and self._modifies_argument(func, args, kwargs):
+            self._session._flush_outputs()  # a held output may be the tensor changed in place
         out = func(*args, **(kwargs or {}))
         try:
             family = self._families.get(func, _UNKNOWN)
@@ -67,6 +93,19 @@ class FunctionalActivations(TorchFunctionMode):
         elif isinstance(out, torch.Tensor):
             self._session._observe_function(func, family, args, kwargs or {}, out)
         return out
+
+    def _modifies_argument(self, func, args, kwargs) -> bool:
+        try:
+            kind = self._inplace.get(func)
+        except TypeError:  # unhashable: asked each time
+            kind = _inplace_kind(func)
+        if kind is None:
+            kind = self._inplace[func] = _inplace_kind(func)
+        if kind != _IF_ASKED:
+            return kind == _ALWAYS
+        if kwargs and (kwargs.get("inplace") is True or kwargs.get("out") is not None):
+            return True
+        return any(a is True for a in args[1:])  # F.relu(x, True): a positional `inplace`
 
     def switch(self, on: bool) -> None:
         """Put the mode on the torch-function stack, or take it off (only from the top).

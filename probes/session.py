@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from probes import distributed
+from probes.batched import HOLD_MAX, Held, Pending, reduce_gradients, reduce_outputs
 from probes.functional import FunctionalActivations
 from probes.gradients import (
     HookHandles,
@@ -113,6 +114,8 @@ class Session:
         self._stack = ModuleStack()
         self._mode = FunctionalActivations(self)
         self._handles = HookHandles()
+        self._pending = Pending()  # small outputs of the running forward (probes/batched.py)
+        self._pending_grads = Pending()  # small output gradients of the running backward
         self._next_index = 0
         self._forward_id = 0
         # id(output tensor) -> (weak reference, layer name), for the current forward only
@@ -146,7 +149,10 @@ class Session:
             in_script = isinstance(module, torch.jit.ScriptModule)
             if in_script and not any(_is_inside(name, outer) for outer in scripted):
                 scripted.append(name)
+            inplace = getattr(module, "inplace", False) is True
             if not in_script and module is not model and _is_silent_builtin(module, kind):
+                if inplace:  # Dropout(inplace=True) would change a held output: reduce first
+                    stack.enter_context(module.register_forward_pre_hook(self._before_inplace))
                 continue
             state = None
             if kind is not None:
@@ -177,7 +183,9 @@ class Session:
             # Known leaf types never call a user-visible activation: the mode stays off inside
             # (and an activation module's own F.relu is not reported a second time).
             observes = kind is None or kind == "other"
-            stack.enter_context(module.register_forward_pre_hook(self._enter(name, observes)))
+            stack.enter_context(
+                module.register_forward_pre_hook(self._enter(name, observes, inplace))
+            )
             stack.enter_context(
                 module.register_forward_hook(
                     self._leave(name, state, type_name in _CONV1D_TYPES), always_call=True
@@ -212,6 +220,12 @@ class Session:
 
     def _close(self) -> None:
         self._open = False
+        try:  # what the last forward/backward still holds is reduced: nothing is lost on exit
+            self._flush_outputs()
+            self._flush_gradients()
+        finally:
+            self._pending.take()
+            self._pending_grads.take()
         if self._updates is not None:
             self._updates.release()
         self._mode.remove()
@@ -220,13 +234,16 @@ class Session:
 
     # ---- hooks -------------------------------------------------------------------------------
 
-    def _enter(self, name: str, observes: bool):
+    def _enter(self, name: str, observes: bool, inplace: bool):
         frames = self._stack.frames
         mode = self._mode
+        pending = self._pending
 
         def pre_hook(module, args):
             if not self._open:
                 return
+            if inplace and pending.items:
+                self._flush_outputs()  # it overwrites its input, which may be a held output
             if not frames:
                 self._forward_id += 1
                 self._producers.clear()
@@ -250,6 +267,8 @@ class Session:
                     self._observe_output(state, output, args)
             finally:
                 self._stack.pop(name)
+                if not frames and self._pending.items:
+                    self._flush_outputs()  # the outermost forward is done: reduce what it held
                 mode.switch(frames[-1].observes_functions if frames else False)
 
         return post_hook
@@ -311,10 +330,20 @@ class Session:
         data = y.detach()  # reductions of a detached tensor record no graph: no no_grad() needed
         if state.row is None:
             state.row = self._new_row(data)
-        state.count += data.numel()
-        observe_activation(state.row, data, state.bounds)
-        if state.tracks_dead and data.dim() > 0 and data.numel() > 0:
-            state.alive.add(data, unit_dim(data, self._after_conv1d), self._forward_id)
+        numel = data.numel()
+        first = state.count == 0
+        state.count += numel
+        dim = unit_dim(data, self._after_conv1d) if state.tracks_dead and numel > 0 and data.dim() > 0 else -1
+        small = 0 < numel <= HOLD_MAX
+        if small and state.holds and not first:
+            if self._pending.add(Held(state, data, data._version, dim, self._forward_id)):
+                self._flush_outputs()  # the cap on held bytes is reached
+        else:
+            observe_activation(state.row, data, state.bounds)
+            if dim >= 0:
+                state.alive.add(data, dim, self._forward_id)
+            if small and first:  # learn whether this layer's output is changed in place later
+                self._pending.add(Held(state, data, data._version, watch_only=True))
         if y.requires_grad and torch.is_grad_enabled():
             try:
                 self._handles.add(register_output_hook(y, self._output_grad_hook(state)))
@@ -334,9 +363,16 @@ class Session:
         def hook(grad: torch.Tensor) -> None:
             if not self._open:
                 return
-            state.gradient_count += grad.numel()
+            numel = grad.numel()
+            state.gradient_count += numel
             state.gradient_calls += 1
-            observe_gradient(state.row, grad.detach())
+            if 0 < numel <= HOLD_MAX and state.holds_gradient:
+                # The engine's own tensor is held (not a detached alias): while we reference it,
+                # autograd does not accumulate another gradient into it in place.
+                if self._pending_grads.add(Held(state, grad, grad._version)):
+                    self._flush_gradients()
+            else:
+                observe_gradient(state.row, grad.detach())
             self._queue_param_read()
 
         return hook
@@ -348,13 +384,28 @@ class Session:
     def _queue_param_read(self) -> None:
         """Read every tracked `.grad` once, after the backward pass now running is done."""
         backward = current_backward_id()
-        if backward != self._backward_queued and self._params:
+        if backward != self._backward_queued and (self._params or self._pending_grads.items):
             self._backward_queued = backward
             queue_after_backward(self._after_backward)
 
     def _after_backward(self) -> None:
         if self._open:
-            self._param_grads.measure()
+            self._flush_gradients()
+            if self._params:
+                self._param_grads.measure()
+
+    def _before_inplace(self, module, args) -> None:
+        if self._open and self._pending.items:
+            self._flush_outputs()
+
+    def _flush_outputs(self) -> None:
+        """Reduce the held outputs now (end of a forward, before an in-place op, collect, exit)."""
+        if self._pending.items:
+            reduce_outputs(self._pending.take())
+
+    def _flush_gradients(self) -> None:
+        if self._pending_grads.items:
+            reduce_gradients(self._pending_grads.take())
 
     # ---- collect -----------------------------------------------------------------------------
 
@@ -368,6 +419,8 @@ class Session:
         ranks of each rank's local gradient (see probes/gradients.py); weights and update ratios
         are the local ones, identical on every rank under DDP. Every rank must call collect().
         """
+        self._flush_outputs()
+        self._flush_gradients()
         executed = sorted((s for s in self._states.values() if s.index >= 0), key=lambda s: s.index)
         unused = [
             s for s in self._states.values()

@@ -123,9 +123,19 @@ def write_nonfinite_count(flat: torch.Tensor, cell: torch.Tensor) -> None:
 def write_saturated_count(
     flat: torch.Tensor, bounds: tuple[float, float, bool], finite: bool, cell: torch.Tensor
 ) -> None:
-    """Number of elements in the saturation band of `bounds` into `cell`; NaN never counts.
+    """Number of elements in the saturation band of `bounds` into `cell`; NaN never counts."""
+    torch.sum(saturation_marks(flat, bounds, finite), 0, out=cell)
+    if bounds[2]:
+        cell.neg_().add_(flat.shape[-1])
 
-    Float-only: sign(max(|y - c| - h, 0)) is 1 strictly outside the band's inner interval.
+
+def saturation_marks(flat: torch.Tensor, bounds: tuple[float, float, bool], finite: bool) -> torch.Tensor:
+    """Per-element 0/1 marks whose sum over the last dim counts the band (see `bounds`' kind).
+
+    Float-only: sign(max(|y - c| - h, 0)) is 1 strictly outside the band's inner interval. For an
+    exclusive band (|y - c| > h saturates) the marks are the saturated elements; for an inclusive
+    band (hard bounds reached exactly) they are the strictly inside ones, and the count is the
+    row length minus their sum. `flat` may be one row or a batch of rows (the batched path).
     """
     low, high, inclusive = bounds
     center = (low + high) / 2.0
@@ -133,16 +143,9 @@ def write_saturated_count(
     deviation = (flat - center).abs_() if center else flat.abs()
     if not inclusive:  # saturated when |y - c| > h
         marks = deviation.sub_(half).clamp_(min=0.0).sign_()
-        if not finite:
-            marks.nan_to_num_(0.0)
-        torch.sum(marks, 0, out=cell)
-        return
-    # Inclusive bands (hard bounds reached exactly): count the strict inside and subtract.
+        return marks if finite else marks.nan_to_num_(0.0)
     inside = deviation.neg_().add_(half).clamp_(min=0.0).sign_()
-    if not finite:
-        inside.nan_to_num_(1.0)
-    torch.sum(inside, 0, out=cell)
-    cell.neg_().add_(flat.numel())
+    return inside if finite else inside.nan_to_num_(1.0)
 
 
 def observe_activation(row: TableRow, y: torch.Tensor, bounds: tuple[float, float, bool] | None) -> None:
@@ -219,7 +222,10 @@ class AliveUnits:
         return None if self.latest is None else int(self.latest.numel())
 
     def add(self, y: torch.Tensor, dim: int, forward: int) -> None:
-        maxima = unit_max(y, dim)
+        self.add_maxima(unit_max(y, dim), forward)
+
+    def add_maxima(self, maxima: torch.Tensor, forward: int) -> None:
+        """Fold one call's per-unit maxima (of forward number `forward`) in."""
         if self.latest is not None and self.latest.shape != maxima.shape:
             self.earlier = self.latest = None  # the unit count changed: start over
         if self.latest is None:

@@ -29,6 +29,10 @@ class LayerState:
     gradient_count: int = 0  # output-gradient elements observed
     gradient_calls: int = 0
     alive: AliveUnits = field(default_factory=AliveUnits)
+    # Small outputs (gradients) are held for a batched reduction (probes/batched.py) unless one
+    # was seen changed in place after its call: then this layer is reduced at once, per call.
+    holds: bool = True
+    holds_gradient: bool = True
 
 
 @dataclass(slots=True)
