@@ -759,9 +759,11 @@ def attach(model: nn.Module) -> Iterator[Session]:
     """Probe `model` while the block runs; every hook and mode is removed on exit, also on error.
 
     Nothing about the model changes: hooks return None, statistics are computed on detached
-    tensors, no activation is kept (memory O(layers)), and training flags, `requires_grad` and
-    the global RNG state are never touched. Outputs and gradients are bit-for-bit the ones
-    computed without probes.
+    tensors, no activation is kept beyond the forward that produced it (small outputs and
+    gradients are held until their forward/backward ends, at most probes.batched.HOLD_MAX
+    elements per layer call and HOLD_CAP_BYTES in all; memory O(layers)), and training flags,
+    `requires_grad` and the global RNG state are never touched. Outputs and gradients are
+    bit-for-bit the ones computed without probes.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"probes.attach expects an nn.Module, got {type(model).__name__}")
