@@ -84,19 +84,31 @@ class HookHandles:
         self._handles.clear()
 
 
-def register_output_hook(output: torch.Tensor, hook) -> object:
-    """Call `hook(grad)` with the gradient w.r.t. `output` as produced; returns the handle."""
+def register_output_hook(output: torch.Tensor, hook, prehooks: dict | None = None) -> object:
+    """Call `hook(grad)` with the gradient w.r.t. `output` as produced; returns the handle.
+
+    `prehooks` (a dict owned by the caller for one `hook`) caches the node pre-hook per output
+    slot, so a layer called every step does not build a new closure per call.
+    """
     node = output.grad_fn
     if node is None:  # a leaf (e.g. a parameter returned as is): a tensor hook is exact here
         return output.register_hook(hook)
     slot = output.output_nr
+    prehook = prehooks.get(slot) if prehooks is not None else None
+    if prehook is None:
+        prehook = _slot_prehook(slot, hook)
+        if prehooks is not None:
+            prehooks[slot] = prehook
+    return node.register_prehook(prehook)
 
+
+def _slot_prehook(slot: int, hook):
     def prehook(grad_outputs):
         grad = grad_outputs[slot] if slot < len(grad_outputs) else None
         if grad is not None:
             hook(grad)
 
-    return node.register_prehook(prehook)
+    return prehook
 
 
 def current_backward_id() -> int:

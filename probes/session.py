@@ -116,6 +116,7 @@ class Session:
         self._handles = HookHandles()
         self._pending = Pending()  # small outputs of the running forward (probes/batched.py)
         self._pending_grads = Pending()  # small output gradients of the running backward
+        self._grad_hooks: dict[str, tuple] = {}  # layer -> (gradient hook, pre-hook per slot)
         self._next_index = 0
         self._forward_id = 0
         # id(output tensor) -> (weak reference, layer name), for the current forward only
@@ -346,7 +347,8 @@ class Session:
                 self._pending.add(Held(state, data, data._version, watch_only=True))
         if y.requires_grad and torch.is_grad_enabled():
             try:
-                self._handles.add(register_output_hook(y, self._output_grad_hook(state)))
+                hook, prehooks = self._grad_hooks.get(state.name) or self._new_grad_hook(state)
+                self._handles.add(register_output_hook(y, hook, prehooks))
             except RuntimeError:
                 pass  # a tensor that cannot take hooks: no output gradient for this call
 
@@ -358,6 +360,11 @@ class Session:
                 device=data.device, dtype=dtype, on_host=data.device.type in HOST_TOTALS_DEVICES
             )
         return table.add_row()
+
+    def _new_grad_hook(self, state: LayerState):
+        """(the layer's output-gradient hook, its node pre-hooks by output slot), made once."""
+        entry = self._grad_hooks[state.name] = (self._output_grad_hook(state), {})
+        return entry
 
     def _output_grad_hook(self, state: LayerState):
         def hook(grad: torch.Tensor) -> None:
