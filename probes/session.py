@@ -117,6 +117,7 @@ class Session:
         self._pending = Pending()  # small outputs of the running forward (probes/batched.py)
         self._pending_grads = Pending()  # small output gradients of the running backward
         self._grad_hooks: dict[str, tuple] = {}  # layer -> (gradient hook, pre-hook per slot)
+        self._static_fields: dict[str, dict] = {}  # layer -> record fields fixed while attached
         self._next_index = 0
         self._forward_id = 0
         # id(output tensor) -> (weak reference, layer name), for the current forward only
@@ -517,16 +518,15 @@ class Session:
                 state.name, (None, False)
             )
             params = params_by_layer.get(state.name, [])
+            static = self._static_fields.get(state.name)
+            if static is None:
+                static = self._static_fields[state.name] = self._fields_of(state)
             records.append(
                 LayerRecord(
-                    name=state.name, type=state.type_name,
+                    **static,
                     index=state.index if state.index >= 0 else position,
-                    kind=state.kind, source=state.source, owner=state.owner,
-                    activation_kind=state.family,
                     followed_by=followed_by if state.kind in WEIGHTED_KINDS else None,
                     calls=state.calls, output_shape=state.output_shape, input_from=state.input_from,
-                    parameters=self._count_params(state, trainable_only=False),
-                    trainable_parameters=self._count_params(state, trainable_only=True),
                     params_without_gradient=tuple(
                         p.local_name for p, total, calls in params if calls == 0 or total == 0.0
                     ),
@@ -539,6 +539,15 @@ class Session:
                 )
             )
         return records
+
+    def _fields_of(self, state: LayerState) -> dict:
+        """Record fields that never change for a layer while attached (cached per collect)."""
+        return dict(
+            name=state.name, type=state.type_name, kind=state.kind, source=state.source,
+            owner=state.owner, activation_kind=state.family,
+            parameters=self._count_params(state, trainable_only=False),
+            trainable_parameters=self._count_params(state, trainable_only=True),
+        )
 
     def _count_params(self, state: LayerState, trainable_only: bool) -> int:
         if state.source != "module":
@@ -650,13 +659,17 @@ def _gradient_stats(grad, params) -> GradientStats:
     output_rms = math.sqrt(g2 / count) if count > 0 else None
     nonfinite = int(round(g_nonfinite))
     param_norm = param_rms = None
-    param_calls = max((c for _, _, c in params), default=0)
+    param_calls = total = elements = 0
+    bad = 0
+    for param, param_total, param_call_count in params:  # one pass: this runs per layer per collect
+        param_calls = max(param_calls, param_call_count)
+        total += param_total
+        elements += param.numel * param_call_count
+        bad += not math.isfinite(param_total)
     if param_calls > 0:
-        total = sum(t for _, t, _ in params)
-        elements = sum(p.numel * c for p, _, c in params)
         param_norm = math.sqrt(total / param_calls) if total == total else float("nan")
         param_rms = math.sqrt(total / elements) if elements and total == total else float("nan")
-        nonfinite += sum(1 for _, t, _ in params if not math.isfinite(t))
+        nonfinite += bad
     has_params = bool(params)
     output_norm = math.sqrt(g2 / calls) if calls > 0 else None
     return GradientStats(
