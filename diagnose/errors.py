@@ -13,3 +13,9 @@ class UnhealthyModel(Exception):
     def __init__(self, message: str, findings: tuple = ()) -> None:
         super().__init__(message)
         self.findings = findings
+
+
+def one_line(exc: BaseException) -> str:
+    """`Type: first line of the message`, so a wrapped error still fits the one-line contract."""
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__

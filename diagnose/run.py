@@ -16,7 +16,7 @@ from torch import nn
 import probes
 from diagnose.cloning import clone_module
 from diagnose.config import OPTIMIZERS, Settings
-from diagnose.errors import DiagnoseError
+from diagnose.errors import DiagnoseError, one_line
 from diagnose.evidence import Evidence, LossTrace, ModelFacts, RunInfo
 from diagnose.loading import LoadedModel
 from diagnose.loading.inputs import Batch
@@ -83,7 +83,7 @@ def working_copy(module: nn.Module, device: torch.device) -> nn.Module:
         clone = clone_module(module)
     except Exception as exc:  # modules holding locks, open files, generators...
         raise DiagnoseError(
-            f"could not copy the model to probe it safely ({type(exc).__name__}: {_first_line(exc)}); "
+            f"could not copy the model to probe it safely ({one_line(exc)}); "
             "diagnose never runs on the original module"
         ) from exc
     with warnings.catch_warnings():
@@ -105,14 +105,10 @@ def _forward(module: nn.Module, batch: Batch):
     except Exception as exc:
         shapes = ", ".join("x".join(str(d) for d in s) for s in batch.shapes) or "none"
         raise DiagnoseError(
-            f"the model's forward failed on inputs of shape {shapes} ({type(exc).__name__}: "
-            f"{_first_line(exc)}); pass inputs it accepts with --input-shape or --inputs"
+            f"the model's forward failed on inputs of shape {shapes} ({one_line(exc)}); "
+            "pass inputs it accepts with --input-shape or --inputs"
         ) from exc
 
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else ""
 
 
 def _loss_of(output, workload: Workload, spec: LossSpec | None) -> tuple[torch.Tensor, LossSpec]:
@@ -129,7 +125,7 @@ def _loss_of(output, workload: Workload, spec: LossSpec | None) -> tuple[torch.T
     except Exception as exc:
         raise DiagnoseError(
             f"the loss ({spec.kind}) failed on an output of shape {tuple(prediction.shape)} "
-            f"({type(exc).__name__}: {_first_line(exc)}); choose one with --loss"
+            f"({one_line(exc)}); choose one with --loss"
         ) from exc
 
 
@@ -142,7 +138,7 @@ def _backward(loss: torch.Tensor) -> None:
     try:
         loss.backward()
     except Exception as exc:
-        raise DiagnoseError(f"backward failed ({type(exc).__name__}: {_first_line(exc)})") from exc
+        raise DiagnoseError(f"backward failed ({one_line(exc)})") from exc
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

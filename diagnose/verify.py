@@ -38,7 +38,7 @@ from diagnose.checks._signal import (
     update_ratios,
 )
 from diagnose.config import Settings
-from diagnose.errors import DiagnoseError
+from diagnose.errors import DiagnoseError, one_line
 from diagnose.evidence import Evidence
 from diagnose.findings import Finding, FixSuggestion, Verification
 
@@ -130,14 +130,14 @@ def _try(fix_id: str, module, workload, layers, baseline: Evidence) -> _Outcome:
     except FixNotApplicable as exc:
         return _Outcome(None, not_applicable=str(exc))
     except Exception as exc:  # a model the rebuild does not understand: say so on this fix, go on
-        return _Outcome(None, failed=f"could not be applied to this model ({type(exc).__name__}: {_first_line(exc)})")
+        return _Outcome(None, failed=f"could not be applied to this model ({one_line(exc)})")
     try:
         fixed = measure_evidence(trial.module, trial.workload, baseline)
     except DiagnoseError as exc:
-        return _Outcome(None, change=trial.change, failed=f"{trial.change}; the fixed copy did not run: {_first_line(exc)}")
+        return _Outcome(None, change=trial.change, failed=f"{trial.change}; the fixed copy did not run: {exc}")  # one line by contract
     except Exception as exc:  # a rebuilt model that cannot run is a result of the trial, not a crash
         return _Outcome(None, change=trial.change,
-                        failed=f"{trial.change}; the fixed copy did not run ({type(exc).__name__}: {_first_line(exc)})")
+                        failed=f"{trial.change}; the fixed copy did not run ({one_line(exc)})")
     return _Outcome(fixed, change=trial.change)
 
 
@@ -167,10 +167,6 @@ def _judge(
 # ---------------------------------------------------------------------------------------------
 # The measure behind each check, computed as the check computes it
 
-
-def _first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0] if lines else ""
 
 
 def finding_metric(finding: Finding, evidence: Evidence) -> tuple[str, float | None]:

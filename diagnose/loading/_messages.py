@@ -1,9 +1,7 @@
-"""Short, single-line renderings of exceptions for DiagnoseError messages."""
+"""Short, single-line renderings of exceptions for DiagnoseError messages (shared with run/verify)."""
 
 from __future__ import annotations
 
+from diagnose.errors import one_line
 
-def one_line(exc: BaseException) -> str:
-    """`Type: first line of the message`, so a wrapped error still fits the one-line contract."""
-    lines = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
+__all__ = ["one_line"]
