@@ -167,8 +167,7 @@ def _nonfinite_counts(flat: torch.Tensor, rows: list[int] | None) -> torch.Tenso
 
 
 def _saturated_counts(flat: torch.Tensor, bounds, finite: bool) -> torch.Tensor:
-    marks = saturation_marks(flat, bounds, finite).sum(1)
-    return marks.neg_().add_(flat.shape[1]) if bounds[2] else marks
+    return saturation_marks(flat, bounds).sum(1)
 
 
 def _add_rows(table, group: list[Held], columns: dict[int, torch.Tensor]) -> None:

@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from probes import grouped
+
 # Per-backward vectors of squared parameter-gradient norms are summed into one running vector
 # once this many pile up, so a session attached for thousands of steps holds O(parameters).
 FOLD_EVERY = 64
@@ -40,18 +42,27 @@ class ParamGradients:
     pending: dict[tuple[int, ...], list[torch.Tensor]] = field(default_factory=dict)
     folded: dict[tuple[int, ...], torch.Tensor] = field(default_factory=dict)
     calls: dict[tuple[int, ...], int] = field(default_factory=dict)
+    # presence pattern -> how its gradients are measured, and the parameter of each result
+    layouts: dict[tuple[int, ...], grouped.Layout] = field(default_factory=dict)
+    orders: dict[tuple[int, ...], tuple[int, ...]] = field(default_factory=dict)
+    totals: list[float] = field(default_factory=list)  # per parameter: sum of squared norms (host)
 
     def measure(self) -> None:
         grads, present = [], []
         for i, param in enumerate(self.params):
             grad = param.grad
             if grad is not None:
-                grads.append(grad if grad.dtype in (torch.float32, torch.float64) else grad.float())
+                grads.append(grad)
                 present.append(i)
         if not grads:
             return
         key = tuple(present)
-        squares = torch.stack(torch._foreach_norm(grads)).double().square_()
+        layout = self.layouts.get(key)
+        if layout is None:  # the order results come in: stacked same-shape grads, then the rest
+            layout = self.layouts[key] = grouped.plan(grads)
+            self.orders[key] = tuple(present[i] for i in layout.order)
+        squares = grouped.norms(grads, layout).square_()
+        key = self.orders[key]
         bucket = self.pending.setdefault(key, [])
         bucket.append(squares)
         self.calls[key] = self.calls.get(key, 0) + 1
@@ -61,10 +72,21 @@ class ParamGradients:
             bucket.clear()
 
     def parts(self) -> list[tuple[tuple[int, ...], torch.Tensor]]:
-        """(presence pattern, vector of squared norms) whose sums are the totals."""
+        """(parameter positions, vector of squared norms) measured since the last `absorb`."""
         out = [(key, vec) for key, vec in self.folded.items()]
         out += [(key, vec) for key, bucket in self.pending.items() for vec in bucket]
         return out
+
+    def absorb(self, host_parts: list[tuple[tuple[int, ...], list[float]]]) -> None:
+        """Add the host copies of `parts()` into `totals` and drop the device vectors."""
+        if len(self.totals) != len(self.params):
+            self.totals = [0.0] * len(self.params)
+        totals = self.totals
+        for key, values in host_parts:
+            for position, value in zip(key, values):
+                totals[position] += value
+        self.pending.clear()
+        self.folded.clear()
 
 
 class HookHandles:
@@ -84,29 +106,18 @@ class HookHandles:
         self._handles.clear()
 
 
-def register_output_hook(output: torch.Tensor, hook, prehooks: dict | None = None) -> object:
-    """Call `hook(grad)` with the gradient w.r.t. `output` as produced; returns the handle.
-
-    `prehooks` (a dict owned by the caller for one `hook`) caches the node pre-hook per output
-    slot, so a layer called every step does not build a new closure per call.
-    """
-    node = output.grad_fn
-    if node is None:  # a leaf (e.g. a parameter returned as is): a tensor hook is exact here
-        return output.register_hook(hook)
-    slot = output.output_nr
-    prehook = prehooks.get(slot) if prehooks is not None else None
-    if prehook is None:
-        prehook = _slot_prehook(slot, hook)
-        if prehooks is not None:
-            prehooks[slot] = prehook
-    return node.register_prehook(prehook)
-
-
-def _slot_prehook(slot: int, hook):
-    def prehook(grad_outputs):
-        grad = grad_outputs[slot] if slot < len(grad_outputs) else None
-        if grad is not None:
-            hook(grad)
+def slot_prehook(slot: int, hook):
+    """A node pre-hook that hands `hook` the gradient w.r.t. output `slot` of the node."""
+    if slot == 0:
+        def prehook(grad_outputs):
+            grad = grad_outputs[0]
+            if grad is not None:
+                hook(grad)
+    else:
+        def prehook(grad_outputs):
+            grad = grad_outputs[slot] if slot < len(grad_outputs) else None
+            if grad is not None:
+                hook(grad)
 
     return prehook
 

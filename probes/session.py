@@ -12,14 +12,14 @@ import torch
 from torch import nn
 
 from probes import distributed
-from probes.batched import HOLD_MAX, Held, Pending, reduce_gradients, reduce_outputs
+from probes.batched import HOLD_CAP_BYTES, HOLD_MAX, Held, Pending, reduce_gradients, reduce_outputs
 from probes.functional import FunctionalActivations
 from probes.gradients import (
     HookHandles,
     ParamGradients,
     current_backward_id,
     queue_after_backward,
-    register_output_hook,
+    slot_prehook,
 )
 from probes.records import ActivationStats, GradientStats, LayerRecord, WeightStats
 from probes.stats import (
@@ -52,7 +52,7 @@ from probes.targets import (
 )
 from probes.tracker import Frame, LayerState, ModuleStack
 from probes.updates import UpdateTracker
-from probes.weights import weight_moments, weight_parts
+from probes.weights import WeightReader, weight_moments
 
 # Device types whose per-call results are read on the host at no sync cost: totals are kept in
 # Python floats there (probes/stats.py), on the device everywhere else.
@@ -116,12 +116,16 @@ class Session:
         self._handles = HookHandles()
         self._pending = Pending()  # small outputs of the running forward (probes/batched.py)
         self._pending_grads = Pending()  # small output gradients of the running backward
-        self._grad_hooks: dict[str, tuple] = {}  # layer -> (gradient hook, pre-hook per slot)
-        self._static_fields: dict[str, dict] = {}  # layer -> record fields fixed while attached
+        self._collect_layout: _Layout | None = None  # what collect reads, per set of layers
         self._next_index = 0
         self._forward_id = 0
-        # id(output tensor) -> (weak reference, layer name), for the current forward only
+        # id(output tensor) -> (weak reference, layer name), for the current forward only. The
+        # data flow is tracked in the first forward and in any forward after one that found new
+        # layers (a static model: the first two), not in every step of a training run.
         self._producers: dict[int, tuple[weakref.ref, str]] = {}
+        self._tracking_flow = True
+        self._new_layers = False  # new layers were found in the current forward
+        self._grad_enabled = torch.is_grad_enabled
         self._after_conv1d = False
         self._open = True
         self._backward_queued = -2  # id of the backward pass whose parameter read is queued
@@ -132,6 +136,8 @@ class Session:
         self._device: torch.device | None = None
         self._static_context: dict[str, tuple[str | None, bool]] = {}
         self._init_targets: dict[tuple, tuple] = {}  # (layer, follower, shape) -> _init_target
+        self._weights: WeightReader | None = None  # reader of the weighted layers in `_weights_key`
+        self._weights_key: tuple[str, ...] = ()
         # Plain sentences on what could not be measured for this model (and why).
         self.limitations: tuple[str, ...] = ()
 
@@ -249,6 +255,8 @@ class Session:
             if not frames:
                 self._forward_id += 1
                 self._producers.clear()
+                self._tracking_flow = self._forward_id <= 1 or self._new_layers
+                self._new_layers = False
             frames.append(Frame(name=name, observes_functions=observes))
             mode.switch(observes)
 
@@ -302,6 +310,8 @@ class Session:
 
     def _pass_through(self, inputs, output) -> None:
         """Dropout, reshapes, pooling: their output keeps the producer of their input."""
+        if not self._tracking_flow:
+            return
         out = output[0] if isinstance(output, tuple) and output else output
         if not isinstance(out, torch.Tensor) or not self._open:
             return
@@ -324,34 +334,61 @@ class Session:
         if y is None or not y.is_floating_point():
             return
         if state.index < 0:
-            state.index = self._next_index
-            self._next_index += 1
-            state.output_shape = tuple(y.shape)
-            state.input_from = self._producer_of(inputs)
-        self._producers[id(y)] = (weakref.ref(y), state.name)
-        data = y.detach()  # reductions of a detached tensor record no graph: no no_grad() needed
-        if state.row is None:
-            state.row = self._new_row(data)
-        numel = data.numel()
+            self._discover(state, y, inputs)
+        elif state.input_from is None and self._tracking_flow:
+            state.input_from = self._producer_of(inputs)  # first seen in a forward not tracked
+        if self._tracking_flow:
+            self._producers[id(y)] = (weakref.ref(y), state.name)
+        numel = y.numel()
         first = state.count == 0
         state.count += numel
-        dim = unit_dim(data, self._after_conv1d) if state.tracks_dead and numel > 0 and data.dim() > 0 else -1
-        small = 0 < numel <= HOLD_MAX
-        if small and state.holds and not first:
-            if self._pending.add(Held(state, data, data._version, dim, self._forward_id)):
-                self._flush_outputs()  # the cap on held bytes is reached
+        dim = -1
+        if state.tracks_dead and numel > 0:
+            ndim = y.dim()
+            if ndim != state.unit_ndim:
+                state.unit_ndim = ndim
+                state.unit_axis = unit_dim(y, self._after_conv1d) if ndim > 0 else -1
+            dim = state.unit_axis
+        if numel <= HOLD_MAX and state.holds and not first and numel > 0:
+            # Held as is (no detach: the batched reduction runs under no_grad), until the forward ends.
+            pending = self._pending
+            pending.items.append(Held(state, y, y._version, dim, self._forward_id))
+            pending.held_bytes += numel * y.element_size()
+            if pending.held_bytes >= HOLD_CAP_BYTES:
+                self._flush_outputs()
         else:
+            if state.row is None:
+                state.row = self._new_row(y)
+            data = y.detach()  # reductions of a detached tensor record no graph
             observe_activation(state.row, data, state.bounds)
             if dim >= 0:
                 state.alive.add(data, dim, self._forward_id)
-            if small and first:  # learn whether this layer's output is changed in place later
+            if 0 < numel <= HOLD_MAX and first:  # learn whether this output is changed in place later
                 self._pending.add(Held(state, data, data._version, watch_only=True))
-        if y.requires_grad and torch.is_grad_enabled():
+        if y.requires_grad and self._grad_enabled():
+            node = y.grad_fn
             try:
-                hook, prehooks = self._grad_hooks.get(state.name) or self._new_grad_hook(state)
-                self._handles.add(register_output_hook(y, hook, prehooks))
+                if node is None:  # a leaf returned as is: a tensor hook is exact there
+                    hook = state.gradient_hook or self._new_grad_hook(state)
+                    self._handles.add(y.register_hook(hook))
+                else:
+                    slot = y.output_nr
+                    prehook = state.gradient_prehooks.get(slot) or self._new_grad_prehook(state, slot)
+                    self._handles.add(node.register_prehook(prehook))
             except RuntimeError:
                 pass  # a tensor that cannot take hooks: no output gradient for this call
+
+    def _discover(self, state: LayerState, y: torch.Tensor, inputs) -> None:
+        """A layer's first output: its place in the execution order, shape and data source."""
+        state.index = self._next_index
+        self._next_index += 1
+        state.output_shape = tuple(y.shape)
+        # In a forward that does not track the data flow the source is unknown (None) for now
+        # and filled in on the next call, in the next forward, which tracks it.
+        state.input_from = self._producer_of(inputs) if self._tracking_flow else None
+        self._new_layers = True
+        if state.row is None:
+            state.row = self._new_row(y)
 
     def _new_row(self, data: torch.Tensor) -> TableRow:
         table = self._tables.get(data.device)
@@ -363,11 +400,10 @@ class Session:
         return table.add_row()
 
     def _new_grad_hook(self, state: LayerState):
-        """(the layer's output-gradient hook, its node pre-hooks by output slot), made once."""
-        entry = self._grad_hooks[state.name] = (self._output_grad_hook(state), {})
-        return entry
+        """The layer's output-gradient hook (made once, kept on its state)."""
+        pending = self._pending_grads
+        queue_read = self._queue_param_read
 
-    def _output_grad_hook(self, state: LayerState):
         def hook(grad: torch.Tensor) -> None:
             if not self._open:
                 return
@@ -377,13 +413,22 @@ class Session:
             if 0 < numel <= HOLD_MAX and state.holds_gradient:
                 # The engine's own tensor is held (not a detached alias): while we reference it,
                 # autograd does not accumulate another gradient into it in place.
-                if self._pending_grads.add(Held(state, grad, grad._version)):
+                pending.items.append(Held(state, grad, grad._version))
+                pending.held_bytes += numel * grad.element_size()
+                if pending.held_bytes >= HOLD_CAP_BYTES:
                     self._flush_gradients()
             else:
                 observe_gradient(state.row, grad.detach())
-            self._queue_param_read()
+            queue_read()
 
+        state.gradient_hook = hook
         return hook
+
+    def _new_grad_prehook(self, state: LayerState, slot: int):
+        """A pre-hook for the autograd node that made the output: it gets the output's gradient."""
+        hook = state.gradient_hook or self._new_grad_hook(state)
+        prehook = state.gradient_prehooks[slot] = slot_prehook(slot, hook)
+        return prehook
 
     def _param_grad_ready(self, param: torch.Tensor) -> None:
         if self._open:
@@ -429,13 +474,8 @@ class Session:
         """
         self._flush_outputs()
         self._flush_gradients()
-        executed = sorted((s for s in self._states.values() if s.index >= 0), key=lambda s: s.index)
-        unused = [
-            s for s in self._states.values()
-            if s.index < 0 and s.source == "module"
-            and (self._trainable(s.name) or (s.in_script and self._param_counts[s.name][0] > 0))
-        ]
-        states = executed + unused
+        layout = self._layout()
+        states = layout.states
         device = self._device or torch.device("cpu")
         plan = _TransferPlan(device)
         with torch.no_grad():
@@ -444,12 +484,10 @@ class Session:
                 for table in self._tables.values() if not table.on_host
             }
         distributed_run = reduce and distributed.world_size() > 1
-        maxima = [(s, s.alive.maxima()) for s in states]
-        mask_states = [s for s, pair in maxima if pair is not None]
-        masks = [m for _, pair in maxima if pair is not None for m in pair]
+        maxima = [(s, pair) for s in layout.dead_capable if (pair := s.alive.maxima()) is not None]
+        masks = [m for _, pair in maxima for m in pair]
         if distributed_run and masks:
             masks = distributed.reduce_max_list(masks)
-        units = {s.name: int(pair[1].numel()) for s, pair in maxima if pair is not None}
         # A unit is alive unless its maximum is <= 0: a NaN maximum (a NaN reached the unit in a
         # forward that is not merged with finite ones yet) is unknown, counted alive, so NaN
         # inputs never inflate the dead share. Across forwards `fmax` already skips NaN.
@@ -458,22 +496,17 @@ class Session:
         )
         param_parts = self._param_grads.parts()
         param_slots = [(key, plan.vector(vec)) for key, vec in param_parts]
-        weighted = [(s, self._main_weights[s.name]) for s in states if s.name in self._main_weights]
-        bias_of = [self._bias(s) for s, _ in weighted]
-        weight_table = weight_parts([(w, b) for (_, w), b in zip(weighted, bias_of)])
-        weight_slot = plan.vector(weight_table.t()) if weight_table is not None else None
+        reader = self._weight_reader(layout.weighted)
+        weight_slot = plan.vector(reader.parts()) if reader is not None else None
         update_slots = [plan.vector(v) for v in self._updates.parts()] if self._updates else []
         with torch.no_grad():
             host = plan.fetch()
 
         tables = {key: plan.values(host, slot) for key, slot in table_slots.items()}
         totals = [_row_totals(s, tables) for s in states]
-        param_totals = [0.0] * len(self._params)
+        self._param_grads.absorb([(key, plan.values(host, slot)) for key, slot in param_slots])
+        param_totals = list(self._param_grads.totals) or [0.0] * len(self._params)
         param_calls = [0.0] * len(self._params)
-        for key, slot in param_slots:
-            values = plan.values(host, slot)
-            for position, value in zip(key, values):
-                param_totals[position] += value
         for key, calls in self._param_grads.calls.items():
             for position in key:
                 param_calls[position] += calls
@@ -486,20 +519,59 @@ class Session:
             param_totals, param_calls = rest[:len(self._params)], rest[len(self._params):]
         alive = {}
         alive_counts = iter(plan.values(host, alive_slot) if alive_slot is not None else ())
-        for state in mask_states:
-            overall, latest = next(alive_counts), next(alive_counts)
-            alive[state.name] = (units[state.name], overall, latest)
-        weight_rows = plan.values(host, weight_slot) if weight_slot is not None else []
-        weights = {
-            s.name: (weight_rows[4 * i:4 * i + 4], w.numel(), 0 if b is None else b.numel())
-            for i, ((s, w), b) in enumerate(zip(weighted, bias_of))
-        }
+        for state, (_, latest) in maxima:
+            overall, latest_alive = next(alive_counts), next(alive_counts)
+            alive[state.name] = (int(latest.numel()), overall, latest_alive)
+        weights = {}
+        if reader is not None:
+            values = reader.values(plan.values(host, weight_slot))
+            weights = {
+                s.name: (measured, w.numel(), 0 if b is None else b.numel())
+                for (s, w), b, measured in zip(layout.weighted, reader.bias_of, values)
+            }
         if self._updates is not None:
             self._updates.absorb([plan.values(host, slot) for slot in update_slots])
-        params_by_layer: dict[str, list[tuple[_Param, float, float]]] = {}
-        for param, total, calls in zip(self._params, param_totals, param_calls):
-            params_by_layer.setdefault(param.layer, []).append((param, total, calls))
-        return self._records(states, executed, totals, alive, weights, params_by_layer)
+        return self._records(layout, totals, alive, weights, param_totals, param_calls)
+
+    def _layout(self) -> "_Layout":
+        """Which layers a collect reports, in which order, and what it reads: made once per set."""
+        key = (len(self._states), self._next_index)
+        if self._collect_layout is not None and self._collect_layout.key == key:
+            return self._collect_layout
+        executed = sorted((s for s in self._states.values() if s.index >= 0), key=lambda s: s.index)
+        unused = [
+            s for s in self._states.values()
+            if s.index < 0 and s.source == "module"
+            and (self._trainable(s.name) or (s.in_script and self._param_counts[s.name][0] > 0))
+        ]
+        states = executed + unused
+        positions: dict[str, list[int]] = {}
+        for position, param in enumerate(self._params):
+            positions.setdefault(param.layer, []).append(position)
+        context = _following_context(executed)
+        self._collect_layout = _Layout(
+            key=key,
+            states=states,
+            dead_capable=[s for s in states if s.tracks_dead],
+            weighted=[(s, self._main_weights[s.name]) for s in states if s.name in self._main_weights],
+            context=[
+                context.get(s.name) or self._static_context.get(s.name, (None, False)) for s in states
+            ],
+            params=[positions.get(s.name, []) for s in states],
+            static=[self._fields_of(s) for s in states],
+        )
+        return self._collect_layout
+
+    def _weight_reader(self, weighted) -> WeightReader | None:
+        """The reader of these layers' weights and biases, made once per set of layers."""
+        if not weighted:
+            return None
+        key = tuple(s.name for s, _ in weighted)
+        if self._weights_key != key:
+            bias_of = [self._bias(s) for s, _ in weighted]
+            self._weights = WeightReader([(w, b) for (_, w), b in zip(weighted, bias_of)])
+            self._weights_key = key
+        return self._weights
 
     def _bias(self, state: LayerState) -> torch.Tensor | None:
         bias = getattr(self._modules[state.name], "bias", None)
@@ -508,32 +580,27 @@ class Session:
     def _trainable(self, name: str) -> bool:
         return self._param_counts[name][1] > 0
 
-    def _records(self, states, executed, totals, alive, weights, params_by_layer) -> list[LayerRecord]:
+    def _records(self, layout, totals, alive, weights, param_totals, param_calls) -> list[LayerRecord]:
         ratios = self._updates.ratios if self._updates else {}
-        context = _following_context(executed)
+        params = self._params
         records: list[LayerRecord] = []
-        for position, (state, row) in enumerate(zip(states, totals)):
-            s1, s2, nonfinite, saturated, g2, g_nonfinite, count, g_count, g_calls = row
-            followed_by, normalized = context.get(state.name) or self._static_context.get(
-                state.name, (None, False)
-            )
-            params = params_by_layer.get(state.name, [])
-            static = self._static_fields.get(state.name)
-            if static is None:
-                static = self._static_fields[state.name] = self._fields_of(state)
+        for position, state in enumerate(layout.states):
+            s1, s2, nonfinite, saturated, g2, g_nonfinite, count, g_count, g_calls = totals[position]
+            followed_by, normalized = layout.context[position]
+            mine = [(params[i], param_totals[i], param_calls[i]) for i in layout.params[position]]
             records.append(
                 LayerRecord(
-                    **static,
+                    **layout.static[position],
                     index=state.index if state.index >= 0 else position,
                     followed_by=followed_by if state.kind in WEIGHTED_KINDS else None,
                     calls=state.calls, output_shape=state.output_shape, input_from=state.input_from,
                     params_without_gradient=tuple(
-                        p.local_name for p, total, calls in params if calls == 0 or total == 0.0
+                        p.local_name for p, total, calls in mine if calls == 0 or total == 0.0
                     ),
                     activation=_activation_stats(
                         state, (count, s1, s2, nonfinite, saturated), alive.get(state.name)
                     ),
-                    gradient=_gradient_stats((g_count, g_calls, g2, g_nonfinite), params),
+                    gradient=_gradient_stats((g_count, g_calls, g2, g_nonfinite), mine),
                     weight=self._weight_stats(state, weights.get(state.name), followed_by, normalized),
                     **_update_fields(ratios.get(state.name)),
                 )
@@ -584,6 +651,19 @@ class Session:
                 scheme = scheme_for(followed_by if followed_by != "none" else None)
                 expected = expected_std(scheme, fan_in, fan_out)
         return fan_in, fan_out, scheme, expected
+
+
+@dataclasses.dataclass(slots=True)
+class _Layout:
+    """Per-collect facts that only change when layers are found: kept until then."""
+
+    key: tuple[int, int]  # (layers known, layers executed) when made
+    states: list[LayerState]  # executed ones in execution order, then unused trainable ones
+    dead_capable: list[LayerState]
+    weighted: list[tuple[LayerState, torch.Tensor]]  # layers with a main weight, and that weight
+    context: list[tuple[str | None, bool]]  # per state: (followed_by, normalized)
+    params: list[list[int]]  # per state: positions of its tracked parameters in Session._params
+    static: list[dict]  # per state: record fields fixed while attached
 
 
 class _TransferPlan:
@@ -683,16 +763,13 @@ def _gradient_stats(grad, params) -> GradientStats:
     )
 
 
-def _update_fields(history: list[float] | None) -> dict:
-    if not history:
-        return {}
-    finite = [v for v in history if not math.isnan(v)]
-    if not finite:
+def _update_fields(history) -> dict:
+    if history is None or not history.values:
         return {}
     return {
-        "update_ratio": sum(finite) / len(finite),
-        "update_ratio_max": max(finite),
-        "update_ratios": tuple(finite),
+        "update_ratio": history.total / len(history.values),
+        "update_ratio_max": history.maximum,
+        "update_ratios": tuple(history.values),
     }
 
 

@@ -124,28 +124,22 @@ def write_saturated_count(
     flat: torch.Tensor, bounds: tuple[float, float, bool], finite: bool, cell: torch.Tensor
 ) -> None:
     """Number of elements in the saturation band of `bounds` into `cell`; NaN never counts."""
-    torch.sum(saturation_marks(flat, bounds, finite), 0, out=cell)
-    if bounds[2]:
-        cell.neg_().add_(flat.shape[-1])
+    torch.sum(saturation_marks(flat, bounds), 0, out=cell)
 
 
-def saturation_marks(flat: torch.Tensor, bounds: tuple[float, float, bool], finite: bool) -> torch.Tensor:
-    """Per-element 0/1 marks whose sum over the last dim counts the band (see `bounds`' kind).
+def saturation_marks(flat: torch.Tensor, bounds: tuple[float, float, bool]) -> torch.Tensor:
+    """Per-element 1.0/0.0 marks of the saturated elements (sum over the last dim counts them).
 
-    Float-only: sign(max(|y - c| - h, 0)) is 1 strictly outside the band's inner interval. For an
-    exclusive band (|y - c| > h saturates) the marks are the saturated elements; for an inclusive
-    band (hard bounds reached exactly) they are the strictly inside ones, and the count is the
-    row length minus their sum. `flat` may be one row or a batch of rows (the batched path).
+    Saturated means |y - c| > h (an exclusive band: the open tails of sigmoid/tanh), or >= h
+    (an inclusive band: hard bounds reached exactly), with c and h the band's center and
+    half-width. The comparison is done in place on a float tensor (a bool result is ~5x slower to
+    sum on CPU), and NaN compares false: it never counts. `flat` may be one row or a batch of rows.
     """
     low, high, inclusive = bounds
     center = (low + high) / 2.0
     half = (high - low) / 2.0
     deviation = (flat - center).abs_() if center else flat.abs()
-    if not inclusive:  # saturated when |y - c| > h
-        marks = deviation.sub_(half).clamp_(min=0.0).sign_()
-        return marks if finite else marks.nan_to_num_(0.0)
-    inside = deviation.neg_().add_(half).clamp_(min=0.0).sign_()
-    return inside if finite else inside.nan_to_num_(1.0)
+    return deviation.ge_(half) if inclusive else deviation.gt_(half)
 
 
 def observe_activation(row: TableRow, y: torch.Tensor, bounds: tuple[float, float, bool] | None) -> None:

@@ -33,6 +33,10 @@ class LayerState:
     # was seen changed in place after its call: then this layer is reduced at once, per call.
     holds: bool = True
     holds_gradient: bool = True
+    unit_ndim: int = -1  # output rank the unit axis below was worked out for
+    unit_axis: int = -1
+    gradient_hook: object = None  # the output-gradient hook, made once (session._new_grad_hook)
+    gradient_prehooks: dict = field(default_factory=dict)  # autograd-node pre-hook per output slot
 
 
 @dataclass(slots=True)

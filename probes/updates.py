@@ -29,6 +29,8 @@ from dataclasses import dataclass, field
 import torch
 from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
 
+from probes import grouped
+
 
 # Parameters larger than this are measured on a sample (see the module docstring); 16384 keeps
 # every bias and small layer exact.
@@ -50,11 +52,46 @@ def measured_view(param: torch.Tensor) -> tuple[torch.Tensor, float]:
 
 @dataclass(slots=True)
 class _Plan:
-    params: list[torch.Tensor]
+    """One optimizer's tracked parameters, in measuring order (probes/grouped.py layout order).
+
+    Small same-shape parameters are snapshotted as the rows of one stacked buffer per shape (one
+    copy each way instead of one per parameter); the rest as `measured_view`s, one buffer each.
+    """
+
+    params: list[torch.Tensor]  # stacked groups first, then the singles
     layers: tuple[int, ...]  # layer position of each parameter
+    group_sizes: tuple[int, ...] = ()  # parameters in each stacked group, in order
     scales: tuple[float, ...] = ()  # numel / measured elements of each parameter (1.0: all)
-    snapshot: list[torch.Tensor] | None = None  # reused every step
-    weight_norms: tuple[torch.Tensor, ...] = ()
+    group_snapshots: list[torch.Tensor] = field(default_factory=list)  # reused every step
+    group_scratch: list[torch.Tensor] = field(default_factory=list)
+    single_snapshots: list[torch.Tensor] | None = None
+    weight_norms: list[torch.Tensor] = field(default_factory=list)
+
+    def groups(self) -> list[list[torch.Tensor]]:
+        out, start = [], 0
+        for size in self.group_sizes:
+            out.append(self.params[start:start + size])
+            start += size
+        return out
+
+    def singles(self) -> list[torch.Tensor]:
+        return self.params[sum(self.group_sizes):]
+
+
+@dataclass(slots=True)
+class RatioHistory:
+    """One layer's update ratios, one per step it took part in, with running mean and maximum."""
+
+    values: list[float] = field(default_factory=list)
+    total: float = 0.0
+    maximum: float = -math.inf
+
+    def add(self, ratio: float) -> None:
+        if math.isnan(ratio):
+            return
+        self.values.append(ratio)
+        self.total += ratio
+        self.maximum = max(self.maximum, ratio)
 
 
 @dataclass(slots=True)
@@ -62,13 +99,13 @@ class UpdateTracker:
     layer_names: list[str]
     param_layer: dict[int, int]  # id(parameter) -> position in layer_names
     steps: list[tuple[tuple[int, ...], tuple[float, ...], torch.Tensor]] = field(default_factory=list)
-    ratios: dict[str, list[float]] = field(default_factory=dict)  # per layer, one per step
+    ratios: dict[str, "RatioHistory"] = field(default_factory=dict)  # per layer
     active: bool = True
-    _plans: dict[int, _Plan] = field(default_factory=dict)
+    _plans: dict[int, tuple[list[torch.Tensor], _Plan]] = field(default_factory=dict)
     _plan: _Plan | None = None
 
     def __post_init__(self) -> None:
-        self.ratios = {name: [] for name in self.layer_names}
+        self.ratios = {name: RatioHistory() for name in self.layer_names}
 
     def register(self, stack) -> None:
         stack.enter_context(register_optimizer_step_pre_hook(self._before_step))
@@ -78,15 +115,21 @@ class UpdateTracker:
         params = [
             p for group in optimizer.param_groups for p in group["params"] if id(p) in self.param_layer
         ]
-        plan = self._plans.get(id(optimizer))
-        if plan is not None and len(plan.params) == len(params) and all(
-            a is b for a, b in zip(plan.params, params)
+        cached = self._plans.get(id(optimizer))
+        if cached is not None and len(cached[0]) == len(params) and all(
+            a is b for a, b in zip(cached[0], params)
         ):
-            return plan
+            return cached[1]
         if not params:
             return None
-        plan = _Plan(params=params, layers=tuple(self.param_layer[id(p)] for p in params))
-        self._plans[id(optimizer)] = plan
+        layout = grouped.plan(params)
+        ordered = [params[i] for i in layout.order]
+        plan = _Plan(
+            params=ordered,
+            layers=tuple(self.param_layer[id(p)] for p in ordered),
+            group_sizes=tuple(len(g) for g in layout.groups),
+        )
+        self._plans[id(optimizer)] = (params, plan)
         return plan
 
     def _before_step(self, optimizer, args, kwargs) -> None:
@@ -97,33 +140,56 @@ class UpdateTracker:
             return
         plan = self._plan
         with torch.no_grad():
-            measured = [measured_view(p) for p in plan.params]
-            current = [view for view, _ in measured]
-            plan.scales = tuple(scale for _, scale in measured)
-            if plan.snapshot is None or any(
-                s.shape != p.shape or s.dtype != p.dtype or s.device != p.device
-                for s, p in zip(plan.snapshot, current)
+            groups = plan.groups()
+            if len(plan.group_snapshots) != len(groups) or any(
+                buffer.shape[1:] != group[0].shape or buffer.dtype != group[0].dtype
+                or buffer.device != group[0].device
+                for buffer, group in zip(plan.group_snapshots, groups)
             ):
-                plan.snapshot = [torch.empty_like(p) for p in current]
-            torch._foreach_copy_(plan.snapshot, current)
-            plan.weight_norms = torch._foreach_norm(current)
+                plan.group_snapshots = [_stack_buffer(group) for group in groups]
+                plan.group_scratch = [_stack_buffer(group) for group in groups]
+            norms = []
+            for buffer, group in zip(plan.group_snapshots, groups):
+                torch.stack(group, out=buffer)
+                norms.append(_row_norms(buffer))
+            measured = [measured_view(p) for p in plan.singles()]
+            current = [view for view, _ in measured]
+            plan.scales = (1.0,) * sum(plan.group_sizes) + tuple(scale for _, scale in measured)
+            if current:
+                if plan.single_snapshots is None or any(
+                    s.shape != p.shape or s.dtype != p.dtype or s.device != p.device
+                    for s, p in zip(plan.single_snapshots, current)
+                ):
+                    plan.single_snapshots = [torch.empty_like(p) for p in current]
+                torch._foreach_copy_(plan.single_snapshots, current)
+                norms.append(torch.stack(torch._foreach_norm(current)))
+            plan.weight_norms = norms
 
     def _after_step(self, optimizer, args, kwargs) -> None:
         plan = self._plan
         self._plan = None
-        if not self.active or plan is None or plan.snapshot is None:
+        if not self.active or plan is None or not plan.weight_norms:
             return
         with torch.no_grad():
-            current = [measured_view(p)[0] for p in plan.params]
-            torch._foreach_sub_(plan.snapshot, current)  # -(update)
-            norms = torch.stack(torch._foreach_norm(plan.snapshot) + tuple(plan.weight_norms))
-        self.steps.append((plan.layers, plan.scales, norms.double()))
+            deltas = []
+            for snapshot, scratch, group in zip(plan.group_snapshots, plan.group_scratch, plan.groups()):
+                torch.stack(group, out=scratch)
+                deltas.append(_row_norms(scratch.sub_(snapshot)))
+            singles = plan.singles()
+            if singles:
+                current = [measured_view(p)[0] for p in singles]
+                torch._foreach_sub_(plan.single_snapshots, current)  # -(update)
+                deltas.append(torch.stack(torch._foreach_norm(plan.single_snapshots)))
+            device = deltas[0].device
+            norms = torch.cat([n.to(device=device, dtype=torch.float64) for n in deltas + plan.weight_norms])
+        self.steps.append((plan.layers, plan.scales, norms))
 
     def release(self) -> None:
         """Drop the snapshot buffers (on exit)."""
         self.active = False
         self._plans.clear()
         self._plan = None
+
 
     def parts(self) -> list[torch.Tensor]:
         """Device norms of the steps taken since the last collect (absorbed by `absorb`)."""
@@ -141,6 +207,18 @@ class UpdateTracker:
                 weight_sq[layer] += norms[half + i] ** 2 * scales[i]
                 present[layer] = True
             for layer, name in enumerate(self.layer_names):
-                ratio = math.sqrt(delta_sq[layer]) / max(math.sqrt(weight_sq[layer]), 1e-30)
-                self.ratios[name].append(ratio if present[layer] else float("nan"))
+                if present[layer]:
+                    ratio = math.sqrt(delta_sq[layer]) / max(math.sqrt(weight_sq[layer]), 1e-30)
+                    self.ratios[name].add(ratio)
         self.steps = []
+
+
+def _stack_buffer(group: list[torch.Tensor]) -> torch.Tensor:
+    first = group[0]
+    return torch.empty((len(group), *first.shape), dtype=first.dtype, device=first.device)
+
+
+def _row_norms(stacked: torch.Tensor) -> torch.Tensor:
+    rows = stacked.view(stacked.shape[0], -1)
+    dtype = None if rows.dtype in (torch.float32, torch.float64) else torch.float32
+    return torch.linalg.vector_norm(rows, dim=1, dtype=dtype)

@@ -1,0 +1,104 @@
+"""Sums and norms of many tensors at once: small same-shape tensors as rows of one stack.
+
+On CPU every torch op costs a few microseconds of dispatch whatever its size, and the
+`_foreach_*` ops fall back to one op per tensor there: a 60-layer MLP of width 64 paid ~0.5 ms
+per `_foreach_norm` of its 120 parameters, several times a step (weights at collect, update
+ratios, parameter gradients; benchmarks/overhead.py W4). Small tensors of the same shape, dtype
+and device (the layers of a uniform stack, their biases) are instead measured as the rows of one
+stacked copy: one copy and one reduction per shape, whatever the depth. Tensors above STACK_MAX
+elements, and shapes that occur once, keep the fused per-tensor path, where a copy would cost
+more than the ops it saves.
+
+Results come in *layout order* (`Layout.order`: the stacked groups one after the other, then the
+rest), so callers index them by position instead of paying a device gather to restore the
+original order.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+# Largest tensor (elements) that is stacked with others of its shape; 16384 = 64 KB in float32,
+# the size probes/batched.py holds for the same reason.
+STACK_MAX = 16384
+
+_EXACT_DTYPES = (torch.float32, torch.float64)
+
+
+@dataclass(frozen=True, slots=True)
+class Layout:
+    """How a list of tensors is measured: stacked groups (>= 2 positions each), then singles."""
+
+    groups: tuple[tuple[int, ...], ...]
+    singles: tuple[int, ...]
+
+    @property
+    def order(self) -> tuple[int, ...]:
+        """Position in the original list of each result, in result order."""
+        return tuple(i for group in self.groups for i in group) + self.singles
+
+
+def plan(tensors: list[torch.Tensor]) -> Layout:
+    by_key: dict[tuple, list[int]] = {}
+    singles: list[int] = []
+    for i, tensor in enumerate(tensors):
+        if tensor.numel() > STACK_MAX or tensor.numel() == 0:
+            singles.append(i)
+        else:
+            by_key.setdefault((tuple(tensor.shape), tensor.dtype, tensor.device), []).append(i)
+    groups = []
+    for positions in by_key.values():
+        if len(positions) >= 2:
+            groups.append(tuple(positions))
+        else:
+            singles.extend(positions)
+    return Layout(groups=tuple(groups), singles=tuple(sorted(singles)))
+
+
+def stack_rows(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """[n, numel] copy of same-shape tensors, in float32 or float64 (call under no_grad)."""
+    rows = torch.stack(tensors).view(len(tensors), -1)
+    return rows if rows.dtype in _EXACT_DTYPES else rows.float()
+
+
+def norms(tensors: list[torch.Tensor], layout: Layout) -> torch.Tensor:
+    """float64 L2 norm of each tensor, in layout order."""
+    return _measure(tensors, layout, with_sums=False)[1]
+
+
+def sums_and_norms(tensors: list[torch.Tensor], layout: Layout) -> tuple[torch.Tensor, torch.Tensor]:
+    """float64 (sum, L2 norm) of each tensor, in layout order."""
+    return _measure(tensors, layout, with_sums=True)
+
+
+def _measure(tensors, layout: Layout, with_sums: bool):
+    norm_parts: list[torch.Tensor] = []
+    sum_parts: list[torch.Tensor] = []
+    with torch.no_grad():
+        for group in layout.groups:
+            rows = stack_rows([tensors[i] for i in group])
+            norm_parts.append(torch.linalg.vector_norm(rows, dim=1))
+            if with_sums:
+                sum_parts.append(rows.sum(1))
+        if layout.singles:
+            singles = [_as_exact(tensors[i]) for i in layout.singles]
+            device = singles[0].device
+            norm_parts.append(torch.stack([n.to(device) for n in torch._foreach_norm(singles)]))
+            if with_sums:
+                sum_parts.append(torch.stack([t.sum().to(device) for t in singles]))
+        result_norms = _cat_double(norm_parts)
+        result_sums = _cat_double(sum_parts) if with_sums else None
+    return result_sums, result_norms
+
+
+def _cat_double(parts: list[torch.Tensor]) -> torch.Tensor:
+    if len(parts) == 1:
+        return parts[0].double()
+    device = parts[0].device
+    return torch.cat([p.to(device=device, dtype=torch.float64) for p in parts])
+
+
+def _as_exact(t: torch.Tensor) -> torch.Tensor:
+    return t if t.dtype in _EXACT_DTYPES else t.float()
