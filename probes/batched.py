@@ -9,7 +9,8 @@ stack: the per-call cost becomes a list append, the per-forward cost a few ops p
 
 Memory bound: the probes keep no activation beyond the current forward (gradients: beyond the
 current backward); a held tensor has at most HOLD_MAX elements per layer call, and at most
-HOLD_CAP_BYTES are held in total (reached, the pending list is reduced early).
+HOLD_CAP_ITEMS tensors are held at once (reached, the pending list is reduced early): at most
+HOLD_CAP_ITEMS * HOLD_MAX * 8 bytes = 64 MB in float64, 32 MB in float32, per list.
 
 Exactness: a held alias would see a later in-place change of the layer's output (an in-place
 ReLU, a residual `out += x`). The session reduces the pending list before any in-place op it can
@@ -26,7 +27,6 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from dataclasses import dataclass, field
 
 import torch
 
@@ -46,60 +46,50 @@ from probes.stats import (
 # 16384 = a 64x256 activation, covers every W4 layer (64x64) and keeps each hold <= 64 KB fp32.
 HOLD_MAX = 16384
 
-# Most bytes held at once (outputs and gradients each): a very deep model of small layers is
-# reduced in several batches instead of holding more (64 MB ~ 1000 held 64x256 fp32 outputs).
-HOLD_CAP_BYTES = 64 * 2**20
+# Most tensors held at once (outputs and gradients each): a very deep model of small layers is
+# reduced in several batches instead of holding more. A count, not bytes, so that holding costs
+# one list append per call; 512 * HOLD_MAX float64 elements = 64 MB at most.
+HOLD_CAP_ITEMS = 512
+
+# A held output: (layer state, tensor, its _version when held, unit axis for dead units or -1,
+# forward number, watch_only). Plain tuples: one is made per layer call. `watch_only` items were
+# already reduced and are held only to learn whether the layer's output changes in place later.
+# A held gradient: (layer state, the gradient as the engine passed it, its _version).
+STATE, DATA, VERSION, DIM, FORWARD, WATCH_ONLY = range(6)
 
 
-@dataclass(slots=True)
-class Held:
-    """One small tensor awaiting its batched reduction."""
+class Pending(list):
+    """Held tensors of the current forward (or backward): a list with its cap."""
 
-    state: object  # probes.tracker.LayerState
-    data: torch.Tensor  # detached output, or the gradient as the autograd engine passed it
-    version: int  # data._version when held: a different value means it was changed in place
-    dim: int = -1  # unit axis for dead-unit tracking (-1: not tracked)
-    forward: int = 0  # forward number, for the dead-unit bookkeeping
-    watch_only: bool = False  # already reduced; held only to learn whether it changes in place
+    def __init__(self) -> None:
+        super().__init__()
+        self.cap = HOLD_CAP_ITEMS  # read when made, so a test can lower the module's value
 
-
-@dataclass(slots=True)
-class Pending:
-    """Held tensors of the current forward (or backward), with their total size."""
-
-    items: list[Held] = field(default_factory=list)
-    held_bytes: int = 0
-
-    def add(self, item: Held) -> bool:
-        """Hold `item`; True when the cap is reached and the list should be reduced now."""
-        self.items.append(item)
-        self.held_bytes += item.data.numel() * item.data.element_size()
-        return self.held_bytes >= HOLD_CAP_BYTES
-
-    def take(self) -> list[Held]:
-        items, self.items, self.held_bytes = self.items, [], 0
+    def take(self) -> list[tuple]:
+        items = list(self)
+        self.clear()
         return items
 
 
-def reduce_outputs(items: list[Held]) -> None:
+def reduce_outputs(items: list[tuple]) -> None:
     """Add the sums, squares, nonfinite and saturated counts and unit maxima of held outputs."""
-    groups: dict[tuple, list[Held]] = defaultdict(list)
+    groups: dict[tuple, list[tuple]] = defaultdict(list)
     for item in items:
-        if item.data._version != item.version:
-            item.state.holds = False  # changed after it was held: reduce this layer at once
-        if item.watch_only:
+        state, data = item[STATE], item[DATA]
+        if data._version != item[VERSION]:
+            state.holds = False  # changed after it was held: reduce this layer at once
+        if item[WATCH_ONLY]:
             continue
-        data = item.data
-        groups[(data.shape, data.dtype, data.device, item.state.bounds, item.dim)].append(item)
+        groups[(data.shape, data.dtype, data.device, state.bounds, item[DIM])].append(item)
     with torch.no_grad():
         for (_, _, _, bounds, dim), group in groups.items():
             _reduce_output_group(group, bounds, dim)
 
 
-def _reduce_output_group(group: list[Held], bounds, dim: int) -> None:
-    table = group[0].state.row.table
+def _reduce_output_group(group: list[tuple], bounds, dim: int) -> None:
+    table = group[0][STATE].row.table
     n = len(group)
-    stacked = torch.stack([item.data for item in group])
+    stacked = torch.stack([item[DATA] for item in group])
     flat = stacked.view(n, -1)
     if flat.dtype != table.dtype:
         flat = flat.to(table.dtype)
@@ -109,41 +99,42 @@ def _reduce_output_group(group: list[Held], bounds, dim: int) -> None:
         pairs = torch.stack((sums, norms), 1).tolist()
         bad = [i for i, (total, _) in enumerate(pairs) if not math.isfinite(total)]
         nonfinite = _nonfinite_counts(flat, bad).tolist() if bad else []
-        saturated = _saturated_counts(flat, bounds, not bad).tolist() if bounds is not None else None
+        saturated = _saturated_counts(flat, bounds).tolist() if bounds is not None else None
         for i, item in enumerate(group):
-            host = item.state.row.host
+            host = item[STATE].row.host
             total, norm = pairs[i]
             host[SUM] += total
             host[SUM_SQ] += norm * norm
             if saturated is not None:
                 host[SATURATED] += saturated[i]
         for i, count in zip(bad, nonfinite):
-            group[i].state.row.host[NONFINITE] += count
+            group[i][STATE].row.host[NONFINITE] += count
     else:  # accelerators: everything stays on the device (no sync), added by row index
         squares = norms.double().square_()
         columns = {SUM: sums, SUM_SQ: squares, NONFINITE: _nonfinite_counts(flat, None)}
         if bounds is not None:
-            columns[SATURATED] = _saturated_counts(flat, bounds, False)
+            columns[SATURATED] = _saturated_counts(flat, bounds)
         _add_rows(table, group, columns)
     if dim >= 0:
         other = tuple(d for d in range(1, stacked.dim()) if d != dim + 1)
         maxima = stacked.amax(dim=other) if other else stacked
         for item, unit_maxima in zip(group, maxima.unbind()):
-            item.state.alive.add_maxima(unit_maxima, item.forward)
+            item[STATE].alive.add_maxima(unit_maxima, item[FORWARD])
 
 
-def reduce_gradients(items: list[Held]) -> None:
+def reduce_gradients(items: list[tuple]) -> None:
     """Add the sums of squares and nonfinite counts of held output gradients."""
-    groups: dict[tuple, list[Held]] = defaultdict(list)
+    groups: dict[tuple, list[tuple]] = defaultdict(list)
     for item in items:
-        if item.data._version != item.version:
-            item.state.holds_gradient = False
-        groups[(item.data.shape, item.data.dtype, item.data.device)].append(item)
+        data = item[DATA]
+        if data._version != item[VERSION]:
+            item[STATE].holds_gradient = False
+        groups[(data.shape, data.dtype, data.device)].append(item)
     with torch.no_grad():
         for group in groups.values():
-            table = group[0].state.row.table
+            table = group[0][STATE].row.table
             n = len(group)
-            flat = torch.stack([item.data.detach() for item in group]).view(n, -1)
+            flat = torch.stack([item[DATA] for item in group]).view(n, -1)
             if flat.dtype != table.dtype:
                 flat = flat.to(table.dtype)
             norms = torch.linalg.vector_norm(flat, dim=1)
@@ -154,10 +145,10 @@ def reduce_gradients(items: list[Held]) -> None:
             values = norms.tolist()
             bad = [i for i, norm in enumerate(values) if not math.isfinite(norm)]
             for item, norm in zip(group, values):
-                item.state.row.host[GRAD_SUM_SQ] += norm * norm
+                item[STATE].row.host[GRAD_SUM_SQ] += norm * norm
             if bad:
                 for i, count in zip(bad, _nonfinite_counts(flat, bad).tolist()):
-                    group[i].state.row.host[GRAD_NONFINITE] += count
+                    group[i][STATE].row.host[GRAD_NONFINITE] += count
 
 
 def _nonfinite_counts(flat: torch.Tensor, rows: list[int] | None) -> torch.Tensor:
@@ -166,13 +157,13 @@ def _nonfinite_counts(flat: torch.Tensor, rows: list[int] | None) -> torch.Tenso
     return (picked * 0).nan_to_num_(1.0).sum(1)
 
 
-def _saturated_counts(flat: torch.Tensor, bounds, finite: bool) -> torch.Tensor:
+def _saturated_counts(flat: torch.Tensor, bounds) -> torch.Tensor:
     return saturation_marks(flat, bounds).sum(1)
 
 
-def _add_rows(table, group: list[Held], columns: dict[int, torch.Tensor]) -> None:
+def _add_rows(table, group: list[tuple], columns: dict[int, torch.Tensor]) -> None:
     """Add per-row results into the device totals of each item's row (one index_add_)."""
-    index = torch.tensor([item.state.row.index for item in group], device=table.device)
+    index = torch.tensor([item[STATE].row.index for item in group], device=table.device)
     contribution = torch.zeros((len(group), COLUMNS), dtype=torch.float64, device=table.device)
     for column, values in columns.items():
         contribution[:, column] = values

@@ -76,7 +76,7 @@ class FunctionalActivations(TorchFunctionMode):
         self.on_stack = False
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
-        if self._session._pending.items and self._modifies_argument(func, args, kwargs):
+        if self._session._pending and self._modifies_argument(func, args, kwargs):
             self._session._flush_outputs()  # a held output may be the tensor changed in place
         out = func(*args, **(kwargs or {}))
         try:

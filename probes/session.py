@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from probes import distributed
-from probes.batched import HOLD_CAP_BYTES, HOLD_MAX, Held, Pending, reduce_gradients, reduce_outputs
+from probes.batched import HOLD_MAX, Pending, reduce_gradients, reduce_outputs
 from probes.functional import FunctionalActivations
 from probes.gradients import (
     HookHandles,
@@ -250,7 +250,7 @@ class Session:
         def pre_hook(module, args):
             if not self._open:
                 return
-            if inplace and pending.items:
+            if inplace and pending:
                 self._flush_outputs()  # it overwrites its input, which may be a held output
             if not frames:
                 self._forward_id += 1
@@ -277,7 +277,7 @@ class Session:
                     self._observe_output(state, output, args)
             finally:
                 self._stack.pop(name)
-                if not frames and self._pending.items:
+                if not frames and self._pending:
                     self._flush_outputs()  # the outermost forward is done: reduce what it held
                 mode.switch(frames[-1].observes_functions if frames else False)
 
@@ -352,9 +352,8 @@ class Session:
         if numel <= HOLD_MAX and state.holds and not first and numel > 0:
             # Held as is (no detach: the batched reduction runs under no_grad), until the forward ends.
             pending = self._pending
-            pending.items.append(Held(state, y, y._version, dim, self._forward_id))
-            pending.held_bytes += numel * y.element_size()
-            if pending.held_bytes >= HOLD_CAP_BYTES:
+            pending.append((state, y, y._version, dim, self._forward_id, False))
+            if len(pending) >= pending.cap:
                 self._flush_outputs()
         else:
             if state.row is None:
@@ -364,7 +363,7 @@ class Session:
             if dim >= 0:
                 state.alive.add(data, dim, self._forward_id)
             if 0 < numel <= HOLD_MAX and first:  # learn whether this output is changed in place later
-                self._pending.add(Held(state, data, data._version, watch_only=True))
+                self._pending.append((state, data, data._version, -1, 0, True))
         if y.requires_grad and self._grad_enabled():
             node = y.grad_fn
             try:
@@ -400,9 +399,9 @@ class Session:
         return table.add_row()
 
     def _new_grad_hook(self, state: LayerState):
-        """The layer's output-gradient hook (made once, kept on its state)."""
+        """The layer's output-gradient hook (made once, kept on its state): gets the gradient."""
         pending = self._pending_grads
-        queue_read = self._queue_param_read
+        task_id = current_backward_id
 
         def hook(grad: torch.Tensor) -> None:
             if not self._open:
@@ -413,13 +412,13 @@ class Session:
             if 0 < numel <= HOLD_MAX and state.holds_gradient:
                 # The engine's own tensor is held (not a detached alias): while we reference it,
                 # autograd does not accumulate another gradient into it in place.
-                pending.items.append(Held(state, grad, grad._version))
-                pending.held_bytes += numel * grad.element_size()
-                if pending.held_bytes >= HOLD_CAP_BYTES:
+                pending.append((state, grad, grad._version))
+                if len(pending) >= pending.cap:
                     self._flush_gradients()
             else:
                 observe_gradient(state.row, grad.detach())
-            queue_read()
+            if task_id() != self._backward_queued:
+                self._queue_param_read()
 
         state.gradient_hook = hook
         return hook
@@ -437,7 +436,7 @@ class Session:
     def _queue_param_read(self) -> None:
         """Read every tracked `.grad` once, after the backward pass now running is done."""
         backward = current_backward_id()
-        if backward != self._backward_queued and (self._params or self._pending_grads.items):
+        if backward != self._backward_queued and (self._params or self._pending_grads):
             self._backward_queued = backward
             queue_after_backward(self._after_backward)
 
@@ -448,16 +447,16 @@ class Session:
                 self._param_grads.measure()
 
     def _before_inplace(self, module, args) -> None:
-        if self._open and self._pending.items:
+        if self._open and self._pending:
             self._flush_outputs()
 
     def _flush_outputs(self) -> None:
         """Reduce the held outputs now (end of a forward, before an in-place op, collect, exit)."""
-        if self._pending.items:
+        if self._pending:
             reduce_outputs(self._pending.take())
 
     def _flush_gradients(self) -> None:
-        if self._pending_grads.items:
+        if self._pending_grads:
             reduce_gradients(self._pending_grads.take())
 
     # ---- collect -----------------------------------------------------------------------------
@@ -522,13 +521,7 @@ class Session:
         for state, (_, latest) in maxima:
             overall, latest_alive = next(alive_counts), next(alive_counts)
             alive[state.name] = (int(latest.numel()), overall, latest_alive)
-        weights = {}
-        if reader is not None:
-            values = reader.values(plan.values(host, weight_slot))
-            weights = {
-                s.name: (measured, w.numel(), 0 if b is None else b.numel())
-                for (s, w), b, measured in zip(layout.weighted, reader.bias_of, values)
-            }
+        weights = reader.values(plan.values(host, weight_slot)) if reader is not None else []
         if self._updates is not None:
             self._updates.absorb([plan.values(host, slot) for slot in update_slots])
         return self._records(layout, totals, alive, weights, param_totals, param_calls)
@@ -549,11 +542,14 @@ class Session:
         for position, param in enumerate(self._params):
             positions.setdefault(param.layer, []).append(position)
         context = _following_context(executed)
+        weighted = [(s, self._main_weights[s.name]) for s in states if s.name in self._main_weights]
+        slot_of = {s.name: i for i, (s, _) in enumerate(weighted)}
         self._collect_layout = _Layout(
             key=key,
             states=states,
             dead_capable=[s for s in states if s.tracks_dead],
-            weighted=[(s, self._main_weights[s.name]) for s in states if s.name in self._main_weights],
+            weighted=weighted,
+            weight_slot=[slot_of.get(s.name, -1) for s in states],
             context=[
                 context.get(s.name) or self._static_context.get(s.name, (None, False)) for s in states
             ],
@@ -581,13 +577,25 @@ class Session:
         return self._param_counts[name][1] > 0
 
     def _records(self, layout, totals, alive, weights, param_totals, param_calls) -> list[LayerRecord]:
-        ratios = self._updates.ratios if self._updates else {}
+        """Plain records from the host values of one collect (runs per layer per collect: kept lean)."""
         params = self._params
+        ratios = self._updates.ratios if self._updates else {}
         records: list[LayerRecord] = []
         for position, state in enumerate(layout.states):
             s1, s2, nonfinite, saturated, g2, g_nonfinite, count, g_count, g_calls = totals[position]
             followed_by, normalized = layout.context[position]
             mine = [(params[i], param_totals[i], param_calls[i]) for i in layout.params[position]]
+            slot = layout.weight_slot[position]
+            weight = None
+            if slot >= 0:
+                weight = self._weight_stats(state, weights[slot], followed_by, normalized)
+            history = ratios.get(state.name)
+            if history is not None and history.values:
+                ratio, ratio_max, ratio_steps = (
+                    history.total / len(history.values), history.maximum, tuple(history.values)
+                )
+            else:
+                ratio, ratio_max, ratio_steps = None, None, ()
             records.append(
                 LayerRecord(
                     **layout.static[position],
@@ -596,13 +604,13 @@ class Session:
                     calls=state.calls, output_shape=state.output_shape, input_from=state.input_from,
                     params_without_gradient=tuple(
                         p.local_name for p, total, calls in mine if calls == 0 or total == 0.0
-                    ),
+                    ) if mine else (),
                     activation=_activation_stats(
-                        state, (count, s1, s2, nonfinite, saturated), alive.get(state.name)
+                        state, count, s1, s2, nonfinite, saturated, alive.get(state.name)
                     ),
-                    gradient=_gradient_stats((g_count, g_calls, g2, g_nonfinite), mine),
-                    weight=self._weight_stats(state, weights.get(state.name), followed_by, normalized),
-                    **_update_fields(ratios.get(state.name)),
+                    gradient=_gradient_stats(g_count, g_calls, g2, g_nonfinite, mine),
+                    weight=weight,
+                    update_ratio=ratio, update_ratio_max=ratio_max, update_ratios=ratio_steps,
                 )
             )
         return records
@@ -621,12 +629,11 @@ class Session:
             return 0
         return self._param_counts[state.name][1 if trainable_only else 0]
 
-    def _weight_stats(self, state, measured, followed_by, normalized) -> WeightStats | None:
-        if measured is None:
-            return None
-        values, weight_numel, bias_numel = measured
+    def _weight_stats(self, state, values, followed_by, normalized) -> WeightStats:
         weight = self._main_weights[state.name]
-        w_std, w_mean, b_std, b_mean = weight_moments(values, weight_numel, bias_numel)
+        bias = self._bias(state)
+        weight_numel = weight.numel()
+        w_std, w_mean, b_std, b_mean = weight_moments(values, weight_numel, 0 if bias is None else bias.numel())
         key = (state.name, followed_by, weight.shape)
         cached = self._init_targets.get(key)
         if cached is None:
@@ -661,6 +668,7 @@ class _Layout:
     states: list[LayerState]  # executed ones in execution order, then unused trainable ones
     dead_capable: list[LayerState]
     weighted: list[tuple[LayerState, torch.Tensor]]  # layers with a main weight, and that weight
+    weight_slot: list[int]  # per state: its position in `weighted`, -1 without a main weight
     context: list[tuple[str | None, bool]]  # per state: (followed_by, normalized)
     params: list[list[int]]  # per state: positions of its tracked parameters in Session._params
     static: list[dict]  # per state: record fields fixed while attached
@@ -707,8 +715,7 @@ def _row_totals(state: LayerState, tables: dict[int, list[float]]) -> list[float
             float(state.gradient_calls)]
 
 
-def _activation_stats(state: LayerState, act, alive) -> ActivationStats:
-    count, s1, s2, nonfinite, saturated = act
+def _activation_stats(state: LayerState, count, s1, s2, nonfinite, saturated, alive) -> ActivationStats:
     units = alive[0] if alive else None
     if count <= 0:
         return ActivationStats(units=units)
@@ -734,14 +741,19 @@ def _activation_stats(state: LayerState, act, alive) -> ActivationStats:
     )
 
 
-def _gradient_stats(grad, params) -> GradientStats:
-    count, calls, g2, g_nonfinite = grad
+def _gradient_stats(count, calls, g2, g_nonfinite, params) -> GradientStats:
     output_rms = math.sqrt(g2 / count) if count > 0 else None
+    output_norm = math.sqrt(g2 / calls) if calls > 0 else None
     nonfinite = int(round(g_nonfinite))
+    if not params:
+        return GradientStats(
+            norm=output_norm, rms=output_rms, output_rms=output_rms, nonfinite=nonfinite,
+            backward_calls=int(calls),
+        )
     param_norm = param_rms = None
     param_calls = total = elements = 0
     bad = 0
-    for param, param_total, param_call_count in params:  # one pass: this runs per layer per collect
+    for param, param_total, param_call_count in params:
         param_calls = max(param_calls, param_call_count)
         total += param_total
         elements += param.numel * param_call_count
@@ -750,27 +762,15 @@ def _gradient_stats(grad, params) -> GradientStats:
         param_norm = math.sqrt(total / param_calls) if total == total else float("nan")
         param_rms = math.sqrt(total / elements) if elements and total == total else float("nan")
         nonfinite += bad
-    has_params = bool(params)
-    output_norm = math.sqrt(g2 / calls) if calls > 0 else None
     return GradientStats(
-        norm=param_norm if has_params else output_norm,
-        rms=param_rms if has_params else output_rms,
+        norm=param_norm,
+        rms=param_rms,
         output_rms=output_rms,
         param_norm=param_norm,
         param_rms=param_rms,
         nonfinite=nonfinite,
         backward_calls=int(max(param_calls, calls)),
     )
-
-
-def _update_fields(history) -> dict:
-    if history is None or not history.values:
-        return {}
-    return {
-        "update_ratio": history.total / len(history.values),
-        "update_ratio_max": history.maximum,
-        "update_ratios": tuple(history.values),
-    }
 
 
 def _following_context(executed: list[LayerState]) -> dict[str, tuple[str, bool]]:

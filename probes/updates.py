@@ -30,6 +30,7 @@ import torch
 from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
 
 from probes import grouped
+from probes.sampling import sampled_view
 
 
 # Parameters larger than this are measured on a sample (see the module docstring); 16384 keeps
@@ -41,13 +42,7 @@ SAMPLE_BLOCK = 512  # k = 16 * 512 = 8192 elements: relative standard error ~sqr
 
 def measured_view(param: torch.Tensor) -> tuple[torch.Tensor, float]:
     """(the elements whose change is measured, numel / their count): the whole tensor or a sample."""
-    tensor = param.detach()
-    numel = tensor.numel()
-    if numel <= SUBSAMPLE_ABOVE or not tensor.is_contiguous():
-        return tensor, 1.0
-    step = (numel - SAMPLE_BLOCK) // (SAMPLE_BLOCKS - 1)  # first block at 0, last ends < SAMPLE_BLOCKS from the end
-    view = tensor.as_strided((SAMPLE_BLOCKS, SAMPLE_BLOCK), (step, 1), tensor.storage_offset())
-    return view, numel / (SAMPLE_BLOCKS * SAMPLE_BLOCK)
+    return sampled_view(param.detach(), SUBSAMPLE_ABOVE, SAMPLE_BLOCKS, SAMPLE_BLOCK)
 
 
 @dataclass(slots=True)

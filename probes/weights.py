@@ -5,6 +5,14 @@ tensors as rows of one stack, the rest with one fused `_foreach_norm`, so the co
 is a handful of ops whatever the depth. std is formed on the host as sqrt(E[w^2] - E[w]^2),
 exact to ~1e-7 relative for weights whose mean is small against their spread (every init
 scheme; see probes/stats.py on precision).
+
+Large tensors (more than SAMPLE_ABOVE elements) are measured on a fixed sample of
+SAMPLE_BLOCKS runs of SAMPLE_BLOCK elements (probes/sampling.py): reading every weight of an
+MLP of 2.4 M parameters at each collect cost ~1.5 ms, 5 % of its training step
+(benchmarks/overhead.py W1). With k = 8192 sampled elements the std of Gaussian-like weights
+is estimated within ~0.8 % (one standard error, 1/sqrt(2k)); the runs are short (64 elements),
+so the sample spans 128 places in the tensor (rows or output channels). The init checks that
+read these numbers work with factors of 2 and more (diagnose/checks/poor_initialization.py).
 """
 
 from __future__ import annotations
@@ -14,6 +22,13 @@ import math
 import torch
 
 from probes import grouped
+from probes.sampling import sampled_view
+
+# Tensors larger than this are measured on a sample (see the module docstring): 65536 elements
+# (256 KB in float32) keeps every bias and every small or medium layer exact.
+SAMPLE_ABOVE = 65536
+SAMPLE_BLOCKS = 128
+SAMPLE_BLOCK = 64
 
 
 class WeightReader:
@@ -40,13 +55,30 @@ class WeightReader:
                 slots.append((w, count + w, 2 * count + b, 2 * count + bias_count + b))
                 bias_position += 1
         self._slots = slots
+        # (position in the fetched vector, factor) for the sums and norms of sampled tensors:
+        # a sum scales by numel / k, a norm by its square root.
+        scales: list[tuple[int, float]] = []
+        for tensors, layout, sum_start, norm_start in (
+            (self.weights, self._weight_layout, 0, count),
+            (self.biases, self._bias_layout, 2 * count, 2 * count + bias_count),
+        ):
+            if layout is None:
+                continue
+            for i, position in enumerate(layout.order):
+                factor = sampled_view(tensors[position], SAMPLE_ABOVE, SAMPLE_BLOCKS, SAMPLE_BLOCK)[1]
+                if factor != 1.0:
+                    scales += [(sum_start + i, factor), (norm_start + i, math.sqrt(factor))]
+        self._scales = scales
 
     def parts(self) -> torch.Tensor:
-        """float64 vector: weight sums, weight norms, bias sums, bias norms (layout order)."""
-        w_sums, w_norms = grouped.sums_and_norms(self.weights, self._weight_layout)
+        """float64 vector: weight sums, weight norms, bias sums, bias norms (layout order).
+
+        Sampled tensors' entries are the sample's: `values` scales them to the whole tensor.
+        """
+        w_sums, w_norms = grouped.sums_and_norms(_measured(self.weights), self._weight_layout)
         pieces = [w_sums, w_norms]
         if self._bias_layout is not None:
-            b_sums, b_norms = grouped.sums_and_norms(self.biases, self._bias_layout)
+            b_sums, b_norms = grouped.sums_and_norms(_measured(self.biases), self._bias_layout)
             device = w_sums.device
             pieces += [b_sums.to(device), b_norms.to(device)]
         return torch.cat(pieces)
@@ -54,10 +86,18 @@ class WeightReader:
     def values(self, host: list[float]) -> list[tuple[float, float, float, float]]:
         """Per pair, in the order given: (weight sum, weight norm, bias sum, bias norm); NaN: no bias."""
         nan = math.nan
+        scaled = list(host)
+        for position, scale in self._scales:
+            scaled[position] *= scale
         return [
-            (host[w], host[wn], nan if b is None else host[b], nan if bn is None else host[bn])
+            (scaled[w], scaled[wn], nan if b is None else scaled[b], nan if bn is None else scaled[bn])
             for w, wn, b, bn in self._slots
         ]
+
+
+def _measured(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Each tensor, or its sample when large (views made afresh: a parameter's storage may change)."""
+    return [sampled_view(t.detach(), SAMPLE_ABOVE, SAMPLE_BLOCKS, SAMPLE_BLOCK)[0] for t in tensors]
 
 
 def weight_moments(values, weight_numel: int, bias_numel: int):

@@ -173,7 +173,7 @@ def test_a_small_cap_reduces_early_with_the_same_numbers(monkeypatch):
         return session.collect()
 
     wide = run()
-    monkeypatch.setattr(batched, "HOLD_CAP_BYTES", 200)  # about one 4x8 output at a time
+    monkeypatch.setattr(batched, "HOLD_CAP_ITEMS", 1)  # every held output reduced at once
     narrow = run()
     for a, b in zip(wide, narrow):
         close(a.activation.mean, b.activation.mean)
@@ -220,4 +220,4 @@ def test_no_held_output_or_gradient_outlives_its_pass_or_the_session():
     assert before[0].activation.count == 5 * 8 * 4
     gc.collect()
     assert all(r() is None for r in refs) and all(r() is None for r in grad_refs)
-    assert session._pending.items == [] and session._pending_grads.items == []
+    assert session._pending == [] and session._pending_grads == []

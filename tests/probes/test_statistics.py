@@ -370,3 +370,33 @@ def test_an_activation_module_as_the_root_is_reported_once():
     with probes.attach(model) as session:
         model(torch.randn(3, 2))
     assert [(r.name, r.source) for r in session.collect()] == [("", "module")]
+
+
+@pytest.mark.parametrize("row_spread", [1.0, 3.0])
+def test_large_weights_are_read_on_a_sample_within_its_stated_error(row_spread):
+    """Weights above probes.weights.SAMPLE_ABOVE are measured on k sampled elements in
+    SAMPLE_BLOCKS runs. The std is within 4 standard errors of the exact one: for Gaussian
+    entries the error of a mean square from k elements is sqrt(2/k) (half that on a std); rows of
+    different scales (shuffled) add cv^2 / SAMPLE_BLOCKS, cv being the spread of the rows' mean
+    squares. Biases (small) are exact."""
+    from probes import weights
+
+    torch.manual_seed(1)
+    layer = nn.Linear(1024, 512)
+    row_scales = torch.linspace(1.0, row_spread, 512)[torch.randperm(512)]
+    with torch.no_grad():
+        layer.weight.mul_(row_scales.unsqueeze(1))
+    assert layer.weight.numel() > weights.SAMPLE_ABOVE
+    model = nn.Sequential(layer, nn.ReLU())
+    with probes.attach(model) as session:
+        model(torch.randn(4, 1024))
+        record = session.collect()[0]
+    w = layer.weight.detach().double()
+    k = weights.SAMPLE_BLOCKS * weights.SAMPLE_BLOCK
+    squares = row_scales.double() ** 2
+    cv = (squares.std() / squares.mean()).item()
+    error = 0.5 * math.sqrt(2 / k + cv**2 / weights.SAMPLE_BLOCKS)
+    assert abs(record.weight.std / w.std(correction=0).item() - 1) < 4 * error
+    assert abs(record.weight.mean - w.mean().item()) < 4 * w.std().item() / math.sqrt(k)
+    close(record.weight.bias_std, population_std(layer.bias))
+    close(record.weight.bias_mean, layer.bias.double().mean())
