@@ -80,7 +80,8 @@ def reduce_outputs(items: list[tuple]) -> None:
             state.holds = False  # changed after it was held: reduce this layer at once
         if item[WATCH_ONLY]:
             continue
-        groups[(data.shape, data.dtype, data.device, state.bounds, item[DIM])].append(item)
+        # One table per device, so the table's identity stands for the device (cheaper to read).
+        groups[(id(state.row.table), data.shape, data.dtype, state.bounds, item[DIM])].append(item)
     with torch.no_grad():
         for (_, _, _, bounds, dim), group in groups.items():
             _reduce_output_group(group, bounds, dim)
@@ -129,7 +130,7 @@ def reduce_gradients(items: list[tuple]) -> None:
         data = item[DATA]
         if data._version != item[VERSION]:
             item[STATE].holds_gradient = False
-        groups[(data.shape, data.dtype, data.device)].append(item)
+        groups[(id(item[STATE].row.table), data.shape, data.dtype)].append(item)
     with torch.no_grad():
         for group in groups.values():
             table = group[0][STATE].row.table

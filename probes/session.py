@@ -135,7 +135,6 @@ class Session:
         self._main_weights: dict[str, torch.Tensor] = {}  # weighted layer -> the weight judged
         self._device: torch.device | None = None
         self._static_context: dict[str, tuple[str | None, bool]] = {}
-        self._init_targets: dict[tuple, tuple] = {}  # (layer, follower, shape) -> _init_target
         self._weights: WeightReader | None = None  # reader of the weighted layers in `_weights_key`
         self._weights_key: tuple[str, ...] = ()
         # Plain sentences on what could not be measured for this model (and why).
@@ -257,8 +256,9 @@ class Session:
                 self._producers.clear()
                 self._tracking_flow = self._forward_id <= 1 or self._new_layers
                 self._new_layers = False
-            frames.append(Frame(name=name, observes_functions=observes))
-            mode.switch(observes)
+            frames.append(Frame(name, observes))
+            if mode.on_stack is not observes:
+                mode.switch(observes)
 
         return pre_hook
 
@@ -266,20 +266,28 @@ class Session:
         frames = self._stack.frames
         mode = self._mode
 
+        weighted = state is not None and state.kind in WEIGHTED_KINDS
+
         def post_hook(module, args, output):
             if not self._open:
                 return
-            mode.switch(False)  # our own reductions must not pass through the mode
+            if mode.on_stack:
+                mode.switch(False)  # our own reductions must not pass through the mode
             try:
                 if state is not None:
-                    if state.kind in WEIGHTED_KINDS:
+                    if weighted:
                         self._after_conv1d = conv1d
                     self._observe_output(state, output, args)
             finally:
-                self._stack.pop(name)
-                if not frames and self._pending:
+                if frames and frames[-1].name == name:
+                    frames.pop()
+                else:
+                    self._stack.pop(name)
+                if frames:
+                    if frames[-1].observes_functions:
+                        mode.switch(True)
+                elif self._pending:
                     self._flush_outputs()  # the outermost forward is done: reduce what it held
-                mode.switch(frames[-1].observes_functions if frames else False)
 
         return post_hook
 
@@ -288,6 +296,8 @@ class Session:
         if frame is None or not frame.observes_functions or not self._open:
             return  # outside the model, or inside a module that has its own record
         display = function_display_name(func)
+        if frame.function_calls is None:
+            frame.function_calls = {}
         nth = frame.function_calls.get(display, 0)
         frame.function_calls[display] = nth + 1
         base = f"{frame.name}.{display}()" if frame.name else f"{display}()"
@@ -490,9 +500,7 @@ class Session:
         # A unit is alive unless its maximum is <= 0: a NaN maximum (a NaN reached the unit in a
         # forward that is not merged with finite ones yet) is unknown, counted alive, so NaN
         # inputs never inflate the dead share. Across forwards `fmax` already skips NaN.
-        alive_slot = (
-            plan.vector(torch.stack([(m <= 0).logical_not_().sum() for m in masks])) if masks else None
-        )
+        alive_slot = plan.vector(_alive_counts(masks)) if masks else None
         param_parts = self._param_grads.parts()
         param_slots = [(key, plan.vector(vec)) for key, vec in param_parts]
         reader = self._weight_reader(layout.weighted)
@@ -544,15 +552,17 @@ class Session:
         context = _following_context(executed)
         weighted = [(s, self._main_weights[s.name]) for s in states if s.name in self._main_weights]
         slot_of = {s.name: i for i, (s, _) in enumerate(weighted)}
+        contexts = [context.get(s.name) or self._static_context.get(s.name, (None, False)) for s in states]
         self._collect_layout = _Layout(
             key=key,
             states=states,
             dead_capable=[s for s in states if s.tracks_dead],
             weighted=weighted,
-            weight_slot=[slot_of.get(s.name, -1) for s in states],
-            context=[
-                context.get(s.name) or self._static_context.get(s.name, (None, False)) for s in states
+            weight_info=[
+                self._weight_info(s, slot_of[s.name], contexts[i][0]) if s.name in slot_of else None
+                for i, s in enumerate(states)
             ],
+            context=contexts,
             params=[positions.get(s.name, []) for s in states],
             static=[self._fields_of(s) for s in states],
         )
@@ -585,10 +595,8 @@ class Session:
             s1, s2, nonfinite, saturated, g2, g_nonfinite, count, g_count, g_calls = totals[position]
             followed_by, normalized = layout.context[position]
             mine = [(params[i], param_totals[i], param_calls[i]) for i in layout.params[position]]
-            slot = layout.weight_slot[position]
-            weight = None
-            if slot >= 0:
-                weight = self._weight_stats(state, weights[slot], followed_by, normalized)
+            info = layout.weight_info[position]
+            weight = None if info is None else _weight_stats(info, weights[info[0]], normalized)
             history = ratios.get(state.name)
             if history is not None and history.values:
                 ratio, ratio_max, ratio_steps = (
@@ -629,20 +637,14 @@ class Session:
             return 0
         return self._param_counts[state.name][1 if trainable_only else 0]
 
-    def _weight_stats(self, state, values, followed_by, normalized) -> WeightStats:
+    def _weight_info(self, state: LayerState, slot: int, followed_by: str | None) -> tuple:
+        """What a weighted layer's WeightStats need besides the measured sums (fixed per layout)."""
         weight = self._main_weights[state.name]
         bias = self._bias(state)
-        weight_numel = weight.numel()
-        w_std, w_mean, b_std, b_mean = weight_moments(values, weight_numel, 0 if bias is None else bias.numel())
-        key = (state.name, followed_by, weight.shape)
-        cached = self._init_targets.get(key)
-        if cached is None:
-            cached = self._init_targets[key] = self._init_target(state, weight, followed_by)
-        fan_in, fan_out, scheme, expected = cached
-        return WeightStats(
-            std=w_std, mean=w_mean, expected_std=expected, scheme=scheme, fan_in=fan_in, fan_out=fan_out,
-            normalized=normalized, frozen=not self._trainable(state.name),
-            numel=weight_numel, bias_mean=b_mean, bias_std=b_std,
+        fan_in, fan_out, scheme, expected = self._init_target(state, weight, followed_by)
+        return (
+            slot, weight.numel(), 0 if bias is None else bias.numel(), not self._trainable(state.name),
+            fan_in, fan_out, scheme, expected,
         )
 
     @staticmethod
@@ -660,6 +662,28 @@ class Session:
         return fan_in, fan_out, scheme, expected
 
 
+def _alive_counts(masks: list[torch.Tensor]) -> torch.Tensor:
+    """Per mask, in order: units whose maximum is not <= 0 (NaN counts alive). Same-shape masks
+    are counted together on one stack (the ReLU layers of a uniform MLP: one op chain, not one
+    per layer)."""
+    by_shape: dict[tuple, list[int]] = {}
+    for i, mask in enumerate(masks):
+        by_shape.setdefault((mask.shape, mask.dtype, mask.device), []).append(i)
+    with torch.no_grad():
+        counted = []
+        for positions in by_shape.values():
+            stacked = torch.stack([masks[i] for i in positions]).view(len(positions), -1)
+            counted.append((positions, (stacked <= 0).logical_not_().sum(1)))
+        if len(counted) == 1:
+            return counted[0][1]  # one group holds every mask, in order
+        counts: list[torch.Tensor] = [None] * len(masks)  # type: ignore[list-item]
+        device = masks[0].device
+        for positions, alive in counted:
+            for position, count in zip(positions, alive.to(device).unbind()):
+                counts[position] = count
+        return torch.stack(counts)
+
+
 @dataclasses.dataclass(slots=True)
 class _Layout:
     """Per-collect facts that only change when layers are found: kept until then."""
@@ -668,7 +692,9 @@ class _Layout:
     states: list[LayerState]  # executed ones in execution order, then unused trainable ones
     dead_capable: list[LayerState]
     weighted: list[tuple[LayerState, torch.Tensor]]  # layers with a main weight, and that weight
-    weight_slot: list[int]  # per state: its position in `weighted`, -1 without a main weight
+    # per state: (position in `weighted`, weight numel, bias numel, frozen, fan_in, fan_out,
+    # scheme, expected std), None without a main weight
+    weight_info: list[tuple | None]
     context: list[tuple[str | None, bool]]  # per state: (followed_by, normalized)
     params: list[list[int]]  # per state: positions of its tracked parameters in Session._params
     static: list[dict]  # per state: record fields fixed while attached
@@ -713,6 +739,15 @@ def _row_totals(state: LayerState, tables: dict[int, list[float]]) -> list[float
     return [sums[SUM], sums[SUM_SQ], sums[NONFINITE], sums[SATURATED], sums[GRAD_SUM_SQ],
             sums[GRAD_NONFINITE], float(state.count), float(state.gradient_count),
             float(state.gradient_calls)]
+
+
+def _weight_stats(info: tuple, values, normalized: bool) -> WeightStats:
+    _, weight_numel, bias_numel, frozen, fan_in, fan_out, scheme, expected = info
+    w_std, w_mean, b_std, b_mean = weight_moments(values, weight_numel, bias_numel)
+    return WeightStats(
+        std=w_std, mean=w_mean, expected_std=expected, scheme=scheme, fan_in=fan_in, fan_out=fan_out,
+        normalized=normalized, frozen=frozen, numel=weight_numel, bias_mean=b_mean, bias_std=b_std,
+    )
 
 
 def _activation_stats(state: LayerState, count, s1, s2, nonfinite, saturated, alive) -> ActivationStats:

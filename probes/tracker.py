@@ -50,7 +50,7 @@ class Frame:
 
     name: str
     observes_functions: bool
-    function_calls: dict[str, int] = field(default_factory=dict)
+    function_calls: dict[str, int] | None = None  # made on the first function call
 
 
 @dataclass(slots=True)
