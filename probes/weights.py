@@ -38,8 +38,9 @@ class WeightReader:
         self.weights = [w for w, _ in pairs]
         self.bias_of = [b for _, b in pairs]  # per pair: its bias or None
         self.biases = [b for _, b in pairs if b is not None]
-        self._weight_layout = grouped.plan(self.weights)
-        self._bias_layout = grouped.plan(self.biases) if self.biases else None
+        # Laid out by what is read: samples of large tensors all have one shape, so they stack.
+        self._weight_layout = grouped.plan(_measured(self.weights))
+        self._bias_layout = grouped.plan(_measured(self.biases)) if self.biases else None
         # Where each pair's numbers land in the fetched vector (layout order, see `values`).
         count, bias_count = len(self.weights), len(self.biases)
         weight_at = {p: i for i, p in enumerate(self._weight_layout.order)}
