@@ -9,7 +9,8 @@ not the Linear's.
 
 Parameter gradients: rather than one hook per parameter, the first output-gradient hook of each
 backward pass queues an engine callback that runs once the pass is done and reads every tracked
-parameter's `.grad` with one fused `_foreach_norm`. So the numbers describe `.grad` after each
+parameter's `.grad` in a few fused ops (probes/grouped.py: same-shape small gradients as rows of
+one stack, the rest with one `_foreach_norm`). So the numbers describe `.grad` after each
 backward (what the optimizer sees, accumulated if the caller does not zero it). Under DDP that
 callback runs before DDP copies the averaged buckets back, so each rank measures its own local
 gradient; `collect()` then reports the root-mean-square over ranks of those local norms (a

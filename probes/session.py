@@ -890,10 +890,10 @@ def _script_sequential_context(model: nn.Module, states: dict[str, LayerState]):
 def attach(model: nn.Module) -> Iterator[Session]:
     """Probe `model` while the block runs; every hook and mode is removed on exit, also on error.
 
-    Nothing about the model changes: hooks return None, statistics are computed on detached
-    tensors, no activation is kept beyond the forward that produced it (small outputs and
+    Nothing about the model changes: hooks return None, statistics are computed without
+    recording any graph (on detached tensors, or under no_grad), no activation is kept beyond the forward that produced it (small outputs and
     gradients are held until their forward/backward ends, at most probes.batched.HOLD_MAX
-    elements per layer call and HOLD_CAP_BYTES in all; memory O(layers)), and training flags,
+    elements per layer call and HOLD_CAP_ITEMS tensors at once; memory O(layers)), and training flags,
     `requires_grad` and the global RNG state are never touched. Outputs and gradients are
     bit-for-bit the ones computed without probes.
     """

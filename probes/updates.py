@@ -5,8 +5,10 @@ probed model. The pre-step snapshot is a copy of those parameters (it cannot be 
 known once the step is done). It is kept in one buffer per optimizer for the whole session and
 refilled in place, so memory is one extra copy of the trained parameters while attached: a fresh
 copy per step cost ~10x the optimizer step itself on CPU (page faults of a new 10 MB buffer
-every step, measured on W1 of benchmarks/overhead.py). Per step this is four fused `_foreach`
-ops; the per-layer ratios are formed on the host at collect time from the per-parameter norms.
+every step, measured on W1 of benchmarks/overhead.py). Small same-shape parameters (probes/
+grouped.py) are snapshotted as the rows of one stacked buffer per shape, the rest with fused
+`_foreach` copies: a handful of ops per step whatever the depth. The per-layer ratios are formed
+on the host at collect time from the per-parameter norms.
 
 Subsampling: a parameter with more than SUBSAMPLE_ABOVE elements is measured on a fixed sample of
 SAMPLE_BLOCKS contiguous blocks of SAMPLE_BLOCK elements spread evenly through its storage (one

@@ -50,3 +50,32 @@ def test_functional_activation_in_the_flow():
             return self.b(torch.relu(self.a(x)).view(-1, 4))
 
     assert _flow(Net(), torch.randn(3, 4)) == {"a": "", "relu()": "a", "b": "relu()"}
+
+
+class LateBranch(nn.Module):
+    """`second` runs only once `use_second` is set: it is first seen in a later forward."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.first, self.second = nn.Linear(4, 4), nn.Linear(4, 4)
+        self.use_second = False
+
+    def forward(self, x):
+        h = torch.relu(self.first(x))
+        return self.second(h) if self.use_second else h
+
+
+def test_a_layer_first_seen_in_a_later_forward_gets_its_source_on_its_next_call():
+    """The flow is tracked in the first forward and after any forward that found new layers (a
+    training step does not pay for it); a late layer's source is unknown (None) until then."""
+    model = LateBranch()
+    x = torch.randn(3, 4)
+    with probes.attach(model) as session:
+        for _ in range(3):
+            model(x)
+        model.use_second = True
+        model(x)  # forward 4 does not track the flow: forward 3 found nothing new
+        assert {r.name: r.input_from for r in session.collect()}["second"] is None
+        model(x)  # forward 5 does, because forward 4 found `second`
+        flow = {r.name: r.input_from for r in session.collect()}
+    assert flow == {"first": "", "relu()": "first", "second": "relu()"}
