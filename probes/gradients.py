@@ -39,7 +39,7 @@ class ParamGradients:
     """Squared gradient norms of the tracked parameters, one vector per backward pass."""
 
     params: list[torch.Tensor]
-    # presence pattern (indices into params whose .grad existed) -> list of per-pass vectors
+    # parameter positions (those whose .grad existed, in measuring order) -> per-pass vectors
     pending: dict[tuple[int, ...], list[torch.Tensor]] = field(default_factory=dict)
     folded: dict[tuple[int, ...], torch.Tensor] = field(default_factory=dict)
     calls: dict[tuple[int, ...], int] = field(default_factory=dict)
@@ -47,6 +47,9 @@ class ParamGradients:
     layouts: dict[tuple[int, ...], grouped.Layout] = field(default_factory=dict)
     orders: dict[tuple[int, ...], tuple[int, ...]] = field(default_factory=dict)
     totals: list[float] = field(default_factory=list)  # per parameter: sum of squared norms (host)
+
+    def __post_init__(self) -> None:
+        self.totals = [0.0] * len(self.params)
 
     def measure(self) -> None:
         grads, present = [], []
@@ -57,13 +60,13 @@ class ParamGradients:
                 present.append(i)
         if not grads:
             return
-        key = tuple(present)
-        layout = self.layouts.get(key)
+        pattern = tuple(present)
+        layout = self.layouts.get(pattern)
         if layout is None:  # the order results come in: stacked same-shape grads, then the rest
-            layout = self.layouts[key] = grouped.plan(grads)
-            self.orders[key] = tuple(present[i] for i in layout.order)
+            layout = self.layouts[pattern] = grouped.plan(grads)
+            self.orders[pattern] = tuple(present[i] for i in layout.order)
         squares = grouped.norms(grads, layout).square_()
-        key = self.orders[key]
+        key = self.orders[pattern]  # the parameter of each entry of `squares`
         bucket = self.pending.setdefault(key, [])
         bucket.append(squares)
         self.calls[key] = self.calls.get(key, 0) + 1
@@ -80,8 +83,6 @@ class ParamGradients:
 
     def absorb(self, host_parts: list[tuple[tuple[int, ...], list[float]]]) -> None:
         """Add the host copies of `parts()` into `totals` and drop the device vectors."""
-        if len(self.totals) != len(self.params):
-            self.totals = [0.0] * len(self.params)
         totals = self.totals
         for key, values in host_parts:
             for position, value in zip(key, values):

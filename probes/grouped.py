@@ -63,6 +63,13 @@ def stack_rows(tensors: list[torch.Tensor]) -> torch.Tensor:
     return rows if rows.dtype in _EXACT_DTYPES else rows.float()
 
 
+def row_norms(stacked: torch.Tensor) -> torch.Tensor:
+    """L2 norm of each entry of a stack (of its rows), accumulated in float32 at least."""
+    rows = stacked.view(stacked.shape[0], -1)
+    dtype = None if rows.dtype in _EXACT_DTYPES else torch.float32
+    return torch.linalg.vector_norm(rows, dim=1, dtype=dtype)
+
+
 def norms(tensors: list[torch.Tensor], layout: Layout) -> torch.Tensor:
     """float64 L2 norm of each tensor, in layout order."""
     return _measure(tensors, layout, with_sums=False)[1]
@@ -79,7 +86,7 @@ def _measure(tensors, layout: Layout, with_sums: bool):
     with torch.no_grad():
         for group in layout.groups:
             rows = stack_rows([tensors[i] for i in group])
-            norm_parts.append(torch.linalg.vector_norm(rows, dim=1))
+            norm_parts.append(row_norms(rows))
             if with_sums:
                 sum_parts.append(rows.sum(1))
         if layout.singles:

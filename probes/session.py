@@ -11,7 +11,7 @@ from contextlib import ExitStack, contextmanager
 import torch
 from torch import nn
 
-from probes import distributed
+from probes import distributed, grouped
 from probes.batched import HOLD_MAX, Pending, reduce_gradients, reduce_outputs
 from probes.functional import FunctionalActivations
 from probes.gradients import (
@@ -135,8 +135,6 @@ class Session:
         self._main_weights: dict[str, torch.Tensor] = {}  # weighted layer -> the weight judged
         self._device: torch.device | None = None
         self._static_context: dict[str, tuple[str | None, bool]] = {}
-        self._weights: WeightReader | None = None  # reader of the weighted layers in `_weights_key`
-        self._weights_key: tuple[str, ...] = ()
         # Plain sentences on what could not be measured for this model (and why).
         self.limitations: tuple[str, ...] = ()
 
@@ -366,8 +364,6 @@ class Session:
             if len(pending) >= pending.cap:
                 self._flush_outputs()
         else:
-            if state.row is None:
-                state.row = self._new_row(y)
             data = y.detach()  # reductions of a detached tensor record no graph
             observe_activation(state.row, data, state.bounds)
             if dim >= 0:
@@ -396,8 +392,7 @@ class Session:
         # and filled in on the next call, in the next forward, which tracks it.
         state.input_from = self._producer_of(inputs) if self._tracking_flow else None
         self._new_layers = True
-        if state.row is None:
-            state.row = self._new_row(y)
+        state.row = self._new_row(y)
 
     def _new_row(self, data: torch.Tensor) -> TableRow:
         table = self._tables.get(data.device)
@@ -500,10 +495,13 @@ class Session:
         # A unit is alive unless its maximum is <= 0: a NaN maximum (a NaN reached the unit in a
         # forward that is not merged with finite ones yet) is unknown, counted alive, so NaN
         # inputs never inflate the dead share. Across forwards `fmax` already skips NaN.
-        alive_slot = plan.vector(_alive_counts(masks)) if masks else None
+        alive_slot = alive_order = None
+        if masks:
+            counts, alive_order = _alive_counts(masks)
+            alive_slot = plan.vector(counts)
         param_parts = self._param_grads.parts()
         param_slots = [(key, plan.vector(vec)) for key, vec in param_parts]
-        reader = self._weight_reader(layout.weighted)
+        reader = layout.weights
         weight_slot = plan.vector(reader.parts()) if reader is not None else None
         update_slots = [plan.vector(v) for v in self._updates.parts()] if self._updates else []
         with torch.no_grad():
@@ -512,7 +510,7 @@ class Session:
         tables = {key: plan.values(host, slot) for key, slot in table_slots.items()}
         totals = [_row_totals(s, tables) for s in states]
         self._param_grads.absorb([(key, plan.values(host, slot)) for key, slot in param_slots])
-        param_totals = list(self._param_grads.totals) or [0.0] * len(self._params)
+        param_totals = list(self._param_grads.totals)
         param_calls = [0.0] * len(self._params)
         for key, calls in self._param_grads.calls.items():
             for position in key:
@@ -525,10 +523,12 @@ class Session:
             rest = flat[len(totals) * width:]
             param_totals, param_calls = rest[:len(self._params)], rest[len(self._params):]
         alive = {}
-        alive_counts = iter(plan.values(host, alive_slot) if alive_slot is not None else ())
-        for state, (_, latest) in maxima:
-            overall, latest_alive = next(alive_counts), next(alive_counts)
-            alive[state.name] = (int(latest.numel()), overall, latest_alive)
+        if alive_slot is not None:
+            counts = [0.0] * len(masks)
+            for mask, count in zip(alive_order, plan.values(host, alive_slot)):
+                counts[mask] = count
+            for i, (state, (_, latest)) in enumerate(maxima):
+                alive[state.name] = (int(latest.numel()), counts[2 * i], counts[2 * i + 1])
         weights = reader.values(plan.values(host, weight_slot)) if reader is not None else []
         if self._updates is not None:
             self._updates.absorb([plan.values(host, slot) for slot in update_slots])
@@ -557,7 +557,7 @@ class Session:
             key=key,
             states=states,
             dead_capable=[s for s in states if s.tracks_dead],
-            weighted=weighted,
+            weights=WeightReader([(w, self._bias(s)) for s, w in weighted]) if weighted else None,
             weight_info=[
                 self._weight_info(s, slot_of[s.name], contexts[i][0]) if s.name in slot_of else None
                 for i, s in enumerate(states)
@@ -567,17 +567,6 @@ class Session:
             static=[self._fields_of(s) for s in states],
         )
         return self._collect_layout
-
-    def _weight_reader(self, weighted) -> WeightReader | None:
-        """The reader of these layers' weights and biases, made once per set of layers."""
-        if not weighted:
-            return None
-        key = tuple(s.name for s, _ in weighted)
-        if self._weights_key != key:
-            bias_of = [self._bias(s) for s, _ in weighted]
-            self._weights = WeightReader([(w, b) for (_, w), b in zip(weighted, bias_of)])
-            self._weights_key = key
-        return self._weights
 
     def _bias(self, state: LayerState) -> torch.Tensor | None:
         bias = getattr(self._modules[state.name], "bias", None)
@@ -662,26 +651,21 @@ class Session:
         return fan_in, fan_out, scheme, expected
 
 
-def _alive_counts(masks: list[torch.Tensor]) -> torch.Tensor:
-    """Per mask, in order: units whose maximum is not <= 0 (NaN counts alive). Same-shape masks
-    are counted together on one stack (the ReLU layers of a uniform MLP: one op chain, not one
-    per layer)."""
-    by_shape: dict[tuple, list[int]] = {}
-    for i, mask in enumerate(masks):
-        by_shape.setdefault((mask.shape, mask.dtype, mask.device), []).append(i)
+def _alive_counts(masks: list[torch.Tensor]) -> tuple[torch.Tensor, tuple[int, ...]]:
+    """Units whose maximum is not <= 0 (NaN counts alive) per mask, and the mask of each count.
+
+    Counted in probes/grouped.py layout order: same-shape masks as rows of one stack (the ReLU
+    layers of a uniform MLP: one op chain, not one per layer).
+    """
+    layout = grouped.plan(masks)
     with torch.no_grad():
-        counted = []
-        for positions in by_shape.values():
-            stacked = torch.stack([masks[i] for i in positions]).view(len(positions), -1)
-            counted.append((positions, (stacked <= 0).logical_not_().sum(1)))
-        if len(counted) == 1:
-            return counted[0][1]  # one group holds every mask, in order
-        counts: list[torch.Tensor] = [None] * len(masks)  # type: ignore[list-item]
+        parts = [
+            (grouped.stack_rows([masks[i] for i in group]) <= 0).logical_not_().sum(1)
+            for group in layout.groups
+        ]
+        parts += [(masks[i] <= 0).logical_not_().sum().reshape(1) for i in layout.singles]
         device = masks[0].device
-        for positions, alive in counted:
-            for position, count in zip(positions, alive.to(device).unbind()):
-                counts[position] = count
-        return torch.stack(counts)
+        return torch.cat([part.to(device) for part in parts]), layout.order
 
 
 @dataclasses.dataclass(slots=True)
@@ -691,9 +675,9 @@ class _Layout:
     key: tuple[int, int]  # (layers known, layers executed) when made
     states: list[LayerState]  # executed ones in execution order, then unused trainable ones
     dead_capable: list[LayerState]
-    weighted: list[tuple[LayerState, torch.Tensor]]  # layers with a main weight, and that weight
-    # per state: (position in `weighted`, weight numel, bias numel, frozen, fan_in, fan_out,
-    # scheme, expected std), None without a main weight
+    weights: WeightReader | None  # reads the main weight (and bias) of every weighted state
+    # per state: (position among the weighted states, weight numel, bias numel, frozen, fan_in,
+    # fan_out, scheme, expected std), None without a main weight
     weight_info: list[tuple | None]
     context: list[tuple[str | None, bool]]  # per state: (followed_by, normalized)
     params: list[list[int]]  # per state: positions of its tracked parameters in Session._params
@@ -891,11 +875,12 @@ def attach(model: nn.Module) -> Iterator[Session]:
     """Probe `model` while the block runs; every hook and mode is removed on exit, also on error.
 
     Nothing about the model changes: hooks return None, statistics are computed without
-    recording any graph (on detached tensors, or under no_grad), no activation is kept beyond the forward that produced it (small outputs and
-    gradients are held until their forward/backward ends, at most probes.batched.HOLD_MAX
-    elements per layer call and HOLD_CAP_ITEMS tensors at once; memory O(layers)), and training flags,
-    `requires_grad` and the global RNG state are never touched. Outputs and gradients are
-    bit-for-bit the ones computed without probes.
+    recording any graph (on detached tensors, or under no_grad), no activation is kept beyond
+    the forward that produced it (small outputs and gradients are held until their
+    forward/backward ends, at most probes.batched.HOLD_MAX elements per layer call and
+    HOLD_CAP_ITEMS tensors at once; memory O(layers)), and training flags, `requires_grad` and
+    the global RNG state are never touched. Outputs and gradients are bit-for-bit the ones
+    computed without probes.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"probes.attach expects an nn.Module, got {type(model).__name__}")

@@ -120,9 +120,7 @@ def write_nonfinite_count(flat: torch.Tensor, cell: torch.Tensor) -> None:
     torch.sum((flat * 0).nan_to_num_(1.0), 0, out=cell)
 
 
-def write_saturated_count(
-    flat: torch.Tensor, bounds: tuple[float, float, bool], finite: bool, cell: torch.Tensor
-) -> None:
+def write_saturated_count(flat: torch.Tensor, bounds: tuple[float, float, bool], cell: torch.Tensor) -> None:
     """Number of elements in the saturation band of `bounds` into `cell`; NaN never counts."""
     torch.sum(saturation_marks(flat, bounds), 0, out=cell)
 
@@ -157,7 +155,7 @@ def observe_activation(row: TableRow, y: torch.Tensor, bounds: tuple[float, floa
             write_nonfinite_count(flat, cells[NONFINITE])
             host[NONFINITE] += cells[NONFINITE].item()
         if bounds is not None:
-            write_saturated_count(flat, bounds, finite, cells[SATURATED])
+            write_saturated_count(flat, bounds, cells[SATURATED])
             host[SATURATED] += cells[SATURATED].item()
         return
     torch.sum(flat, 0, out=cells[SUM])
@@ -168,7 +166,7 @@ def observe_activation(row: TableRow, y: torch.Tensor, bounds: tuple[float, floa
         write_nonfinite_count(flat, cells[NONFINITE])
         row.columns[NONFINITE].add_(cells[NONFINITE])
     if bounds is not None:
-        write_saturated_count(flat, bounds, finite, cells[SATURATED])
+        write_saturated_count(flat, bounds, cells[SATURATED])
         row.columns[SATURATED].add_(cells[SATURATED])
 
 

@@ -49,30 +49,20 @@ def measured_view(param: torch.Tensor) -> tuple[torch.Tensor, float]:
 
 @dataclass(slots=True)
 class _Plan:
-    """One optimizer's tracked parameters, in measuring order (probes/grouped.py layout order).
+    """One optimizer's tracked parameters, split as probes/grouped.py lays them out.
 
     Small same-shape parameters are snapshotted as the rows of one stacked buffer per shape (one
     copy each way instead of one per parameter); the rest as `measured_view`s, one buffer each.
     """
 
-    params: list[torch.Tensor]  # stacked groups first, then the singles
-    layers: tuple[int, ...]  # layer position of each parameter
-    group_sizes: tuple[int, ...] = ()  # parameters in each stacked group, in order
+    groups: list[list[torch.Tensor]]  # same-shape small parameters, stacked together
+    singles: list[torch.Tensor]
+    layers: tuple[int, ...]  # layer position of each parameter: groups in order, then singles
     scales: tuple[float, ...] = ()  # numel / measured elements of each parameter (1.0: all)
     group_snapshots: list[torch.Tensor] = field(default_factory=list)  # reused every step
     group_scratch: list[torch.Tensor] = field(default_factory=list)
     single_snapshots: list[torch.Tensor] | None = None
     weight_norms: list[torch.Tensor] = field(default_factory=list)
-
-    def groups(self) -> list[list[torch.Tensor]]:
-        out, start = [], 0
-        for size in self.group_sizes:
-            out.append(self.params[start:start + size])
-            start += size
-        return out
-
-    def singles(self) -> list[torch.Tensor]:
-        return self.params[sum(self.group_sizes):]
 
 
 @dataclass(slots=True)
@@ -96,7 +86,7 @@ class UpdateTracker:
     layer_names: list[str]
     param_layer: dict[int, int]  # id(parameter) -> position in layer_names
     steps: list[tuple[tuple[int, ...], tuple[float, ...], torch.Tensor]] = field(default_factory=list)
-    ratios: dict[str, "RatioHistory"] = field(default_factory=dict)  # per layer
+    ratios: dict[str, RatioHistory] = field(default_factory=dict)  # per layer
     active: bool = True
     _plans: dict[int, tuple[list[torch.Tensor], _Plan]] = field(default_factory=dict)
     _plan: _Plan | None = None
@@ -120,11 +110,10 @@ class UpdateTracker:
         if not params:
             return None
         layout = grouped.plan(params)
-        ordered = [params[i] for i in layout.order]
         plan = _Plan(
-            params=ordered,
-            layers=tuple(self.param_layer[id(p)] for p in ordered),
-            group_sizes=tuple(len(g) for g in layout.groups),
+            groups=[[params[i] for i in group] for group in layout.groups],
+            singles=[params[i] for i in layout.singles],
+            layers=tuple(self.param_layer[id(params[i])] for i in layout.order),
         )
         self._plans[id(optimizer)] = (params, plan)
         return plan
@@ -137,7 +126,7 @@ class UpdateTracker:
             return
         plan = self._plan
         with torch.no_grad():
-            groups = plan.groups()
+            groups = plan.groups
             if len(plan.group_snapshots) != len(groups) or any(
                 buffer.shape[1:] != group[0].shape or buffer.dtype != group[0].dtype
                 or buffer.device != group[0].device
@@ -148,10 +137,11 @@ class UpdateTracker:
             norms = []
             for buffer, group in zip(plan.group_snapshots, groups):
                 torch.stack(group, out=buffer)
-                norms.append(_row_norms(buffer))
-            measured = [measured_view(p) for p in plan.singles()]
+                norms.append(grouped.row_norms(buffer))
+            measured = [measured_view(p) for p in plan.singles]
             current = [view for view, _ in measured]
-            plan.scales = (1.0,) * sum(plan.group_sizes) + tuple(scale for _, scale in measured)
+            grouped_count = len(plan.layers) - len(plan.singles)
+            plan.scales = (1.0,) * grouped_count + tuple(scale for _, scale in measured)
             if current:
                 if plan.single_snapshots is None or any(
                     s.shape != p.shape or s.dtype != p.dtype or s.device != p.device
@@ -169,12 +159,11 @@ class UpdateTracker:
             return
         with torch.no_grad():
             deltas = []
-            for snapshot, scratch, group in zip(plan.group_snapshots, plan.group_scratch, plan.groups()):
+            for snapshot, scratch, group in zip(plan.group_snapshots, plan.group_scratch, plan.groups):
                 torch.stack(group, out=scratch)
-                deltas.append(_row_norms(scratch.sub_(snapshot)))
-            singles = plan.singles()
-            if singles:
-                current = [measured_view(p)[0] for p in singles]
+                deltas.append(grouped.row_norms(scratch.sub_(snapshot)))
+            if plan.singles:
+                current = [measured_view(p)[0] for p in plan.singles]
                 torch._foreach_sub_(plan.single_snapshots, current)  # -(update)
                 deltas.append(torch.stack(torch._foreach_norm(plan.single_snapshots)))
             device = deltas[0].device
@@ -186,7 +175,6 @@ class UpdateTracker:
         self.active = False
         self._plans.clear()
         self._plan = None
-
 
     def parts(self) -> list[torch.Tensor]:
         """Device norms of the steps taken since the last collect (absorbed by `absorb`)."""
@@ -213,9 +201,3 @@ class UpdateTracker:
 def _stack_buffer(group: list[torch.Tensor]) -> torch.Tensor:
     first = group[0]
     return torch.empty((len(group), *first.shape), dtype=first.dtype, device=first.device)
-
-
-def _row_norms(stacked: torch.Tensor) -> torch.Tensor:
-    rows = stacked.view(stacked.shape[0], -1)
-    dtype = None if rows.dtype in (torch.float32, torch.float64) else torch.float32
-    return torch.linalg.vector_norm(rows, dim=1, dtype=dtype)

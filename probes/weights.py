@@ -36,11 +36,12 @@ class WeightReader:
 
     def __init__(self, pairs: list[tuple[torch.Tensor, torch.Tensor | None]]) -> None:
         self.weights = [w for w, _ in pairs]
-        self.bias_of = [b for _, b in pairs]  # per pair: its bias or None
         self.biases = [b for _, b in pairs if b is not None]
+        weight_samples = [_sample(w) for w in self.weights]
+        bias_samples = [_sample(b) for b in self.biases]
         # Laid out by what is read: samples of large tensors all have one shape, so they stack.
-        self._weight_layout = grouped.plan(_measured(self.weights))
-        self._bias_layout = grouped.plan(_measured(self.biases)) if self.biases else None
+        self._weight_layout = grouped.plan([view for view, _ in weight_samples])
+        self._bias_layout = grouped.plan([view for view, _ in bias_samples]) if self.biases else None
         # Where each pair's numbers land in the fetched vector (layout order, see `values`).
         count, bias_count = len(self.weights), len(self.biases)
         weight_at = {p: i for i, p in enumerate(self._weight_layout.order)}
@@ -59,15 +60,13 @@ class WeightReader:
         # (position in the fetched vector, factor) for the sums and norms of sampled tensors:
         # a sum scales by numel / k, a norm by its square root.
         scales: list[tuple[int, float]] = []
-        for tensors, layout, sum_start, norm_start in (
-            (self.weights, self._weight_layout, 0, count),
-            (self.biases, self._bias_layout, 2 * count, 2 * count + bias_count),
+        for samples, at, sum_start, norm_start in (
+            (weight_samples, weight_at, 0, count),
+            (bias_samples, bias_at, 2 * count, 2 * count + bias_count),
         ):
-            if layout is None:
-                continue
-            for i, position in enumerate(layout.order):
-                factor = sampled_view(tensors[position], SAMPLE_ABOVE, SAMPLE_BLOCKS, SAMPLE_BLOCK)[1]
+            for position, (_, factor) in enumerate(samples):
                 if factor != 1.0:
+                    i = at[position]
                     scales += [(sum_start + i, factor), (norm_start + i, math.sqrt(factor))]
         self._scales = scales
 
@@ -96,9 +95,14 @@ class WeightReader:
         ]
 
 
+def _sample(tensor: torch.Tensor) -> tuple[torch.Tensor, float]:
+    """(the tensor, or its sample when large; numel / elements read)."""
+    return sampled_view(tensor.detach(), SAMPLE_ABOVE, SAMPLE_BLOCKS, SAMPLE_BLOCK)
+
+
 def _measured(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
-    """Each tensor, or its sample when large (views made afresh: a parameter's storage may change)."""
-    return [sampled_view(t.detach(), SAMPLE_ABOVE, SAMPLE_BLOCKS, SAMPLE_BLOCK)[0] for t in tensors]
+    """What is read of each tensor now (views made afresh: a parameter's storage may change)."""
+    return [_sample(t)[0] for t in tensors]
 
 
 def weight_moments(values, weight_numel: int, bias_numel: int):
