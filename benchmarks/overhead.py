@@ -10,8 +10,10 @@ region, once per round. The table reports the median ms/step of each and their r
 
 Memory: CPU torch has no allocator statistics, and tracemalloc does not see torch's allocations,
 so peak memory is the resident-set high-water mark (VmHWM) of a fresh subprocess per
-configuration, reset with /proc/self/clear_refs after warm-up; the delta is what the timed
-steps added above the warmed-up baseline. On CUDA the allocator's peak is used instead.
+configuration (glibc's mmap threshold fixed, so freed tensors leave RSS), reset with
+/proc/self/clear_refs after warm-up (for the probed run: one probed step and collect); the
+delta is what the measured steps added above the warmed-up baseline. On CUDA the allocator's
+peak is used instead.
 """
 
 from __future__ import annotations
@@ -149,6 +151,9 @@ def memory_child(workload: str, device: str, probed: bool, steps: int) -> dict:
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-3)
     _step(model, optimizer, x, y, loss_fn)  # warm-up: allocator caches, grads, lazy init
     with probes.attach(model) if probed else contextlib.nullcontext() as session:
+        if session is not None:  # the probes' own first-use allocations are warm-up too
+            _step(model, optimizer, x, y, loss_fn)
+            session.collect()
         if device.startswith("cuda"):
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
@@ -175,7 +180,11 @@ def measure_memory(workload: str, device: str, probed: bool, steps: int) -> dict
     command = [sys.executable, __file__, "--memory-child", workload, "--device", device,
                "--steps", str(steps), "--threads", str(torch.get_num_threads())]
     command += ["--probed"] if probed else []
-    done = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=ROOT)
+    # A fixed mmap threshold: glibc otherwise raises it as large blocks are freed and then serves
+    # them from a heap it cannot trim, so RSS kept what was freed and the delta moved by tens of MB
+    # between identical runs (W1: 2 MB in one run, 10 MB in the next, for the plain step alone).
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_=str(64 * 1024))
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=ROOT, env=env)
     if done.returncode != 0:
         raise RuntimeError(f"memory run of {workload} failed:\n{done.stderr}")
     return json.loads(done.stdout.strip().splitlines()[-1])
