@@ -37,8 +37,12 @@ class WeightReader:
     def __init__(self, pairs: list[tuple[torch.Tensor, torch.Tensor | None]]) -> None:
         self.weights = [w for w, _ in pairs]
         self.biases = [b for _, b in pairs if b is not None]
-        weight_samples = [_sample(w) for w in self.weights]
-        bias_samples = [_sample(b) for b in self.biases]
+        self._has_bias = [b is not None for _, b in pairs]
+        self._prepare([_sample(w) for w in self.weights], [_sample(b) for b in self.biases])
+
+    def _prepare(self, weight_samples: list[tuple], bias_samples: list[tuple]) -> None:
+        """Lay out the reads for what is read of each tensor now (its sample's shape and factor)."""
+        self._read_as = _read_as(weight_samples + bias_samples)
         # Laid out by what is read: samples of large tensors all have one shape, so they stack.
         self._weight_layout = grouped.plan([view for view, _ in weight_samples])
         self._bias_layout = grouped.plan([view for view, _ in bias_samples]) if self.biases else None
@@ -48,9 +52,9 @@ class WeightReader:
         bias_at = {p: i for i, p in enumerate(self._bias_layout.order)} if self.biases else {}
         slots: list[tuple[int, int, int | None, int | None]] = []
         bias_position = 0
-        for position, (_, bias) in enumerate(pairs):
+        for position, has_bias in enumerate(self._has_bias):
             w = weight_at[position]
-            if bias is None:
+            if not has_bias:
                 slots.append((w, count + w, None, None))
             else:
                 b = bias_at[bias_position]
@@ -75,10 +79,14 @@ class WeightReader:
 
         Sampled tensors' entries are the sample's: `values` scales them to the whole tensor.
         """
-        w_sums, w_norms = grouped.sums_and_norms(_measured(self.weights), self._weight_layout)
+        weight_samples = [_sample(w) for w in self.weights]
+        bias_samples = [_sample(b) for b in self.biases]
+        if _read_as(weight_samples + bias_samples) != self._read_as:
+            self._prepare(weight_samples, bias_samples)  # a parameter was reshaped or re-laid out
+        w_sums, w_norms = grouped.sums_and_norms([v for v, _ in weight_samples], self._weight_layout)
         pieces = [w_sums, w_norms]
         if self._bias_layout is not None:
-            b_sums, b_norms = grouped.sums_and_norms(_measured(self.biases), self._bias_layout)
+            b_sums, b_norms = grouped.sums_and_norms([v for v, _ in bias_samples], self._bias_layout)
             device = w_sums.device
             pieces += [b_sums.to(device), b_norms.to(device)]
         return torch.cat(pieces)
@@ -95,14 +103,15 @@ class WeightReader:
         ]
 
 
+def _read_as(samples: list[tuple[torch.Tensor, float]]) -> list[tuple]:
+    """What the layout of the reads depends on, per tensor."""
+    return [(view.shape, view.dtype, view.device, factor) for view, factor in samples]
+
+
 def _sample(tensor: torch.Tensor) -> tuple[torch.Tensor, float]:
-    """(the tensor, or its sample when large; numel / elements read)."""
+    """(the tensor, or its sample when large; numel / elements read). Made afresh at every read:
+    a parameter's storage may be replaced while attached."""
     return sampled_view(tensor.detach(), SAMPLE_ABOVE, SAMPLE_BLOCKS, SAMPLE_BLOCK)
-
-
-def _measured(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
-    """What is read of each tensor now (views made afresh: a parameter's storage may change)."""
-    return [_sample(t)[0] for t in tensors]
 
 
 def weight_moments(values, weight_numel: int, bias_numel: int):

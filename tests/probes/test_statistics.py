@@ -400,3 +400,20 @@ def test_large_weights_are_read_on_a_sample_within_its_stated_error(row_spread):
     assert abs(record.weight.mean - w.mean().item()) < 4 * w.std().item() / math.sqrt(k)
     close(record.weight.bias_std, population_std(layer.bias))
     close(record.weight.bias_mean, layer.bias.double().mean())
+
+
+def test_a_large_weight_whose_storage_is_replaced_while_attached_is_read_whole():
+    """A non-contiguous replacement cannot be sampled: the reads are laid out again, and the
+    layer's weight std is then exact."""
+    torch.manual_seed(2)
+    model = nn.Sequential(nn.Linear(512, 256), nn.ReLU(), nn.Linear(256, 512))
+    x = torch.randn(4, 512)
+    with probes.attach(model) as session:
+        model(x)
+        session.collect()
+        with torch.no_grad():
+            model[0].weight.data = model[0].weight.data.t().contiguous().t() * 2.0
+        assert not model[0].weight.is_contiguous()
+        model(x)
+        records = by_name(session.collect())
+    close(records["0"].weight.std, population_std(model[0].weight))
