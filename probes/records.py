@@ -7,17 +7,20 @@ from dataclasses import asdict, dataclass, field
 
 
 def _fast_init(cls):
-    """Give a frozen slotted dataclass an `__init__` that sets its slots through their descriptors.
+    """Give a frozen slotted dataclass a faster `__init__`, and `_positional` for hot paths.
 
-    Same keyword-only signature, defaults and immutability as the generated one (which calls
-    `object.__setattr__` by name per field); about 40% faster, which matters because `collect()`
-    builds four of these per layer per call (benchmarks/overhead.py W4: 120 layers every step).
+    `__init__` keeps the keyword-only signature, defaults and immutability of the generated one
+    (which calls `object.__setattr__` by name per field) but sets the slots through their
+    descriptors: about 40% faster. `_positional(*values)` takes every field in declaration order
+    and skips argument parsing as well (about 2x faster again): `collect()` builds four records per
+    layer per call (benchmarks/overhead.py W4: 120 layers every step).
     """
     fields = dataclasses.fields(cls)
-    namespace: dict[str, object] = {"_MISSING": dataclasses.MISSING}
-    params, body = [], []
+    namespace: dict[str, object] = {"_MISSING": dataclasses.MISSING, "_cls": cls, "_new": object.__new__}
+    params, body, values = [], [], []
     for i, f in enumerate(fields):
         namespace[f"_set{i}"] = cls.__dict__[f.name].__set__
+        values.append(f"v{i}")
         if f.default is not dataclasses.MISSING:
             namespace[f"_default{i}"] = f.default
             params.append(f"{f.name}=_default{i}")
@@ -30,11 +33,16 @@ def _fast_init(cls):
             params.append(f.name)
             body.append(f"    _set{i}(self, {f.name})")
     source = f"def __init__(self, *, {', '.join(params)}):\n" + "\n".join(body) + "\n"
+    source += f"def _positional({', '.join(values)}):\n    self = _new(_cls)\n"
+    source += "".join(f"    _set{i}(self, v{i})\n" for i in range(len(fields))) + "    return self\n"
     exec(source, namespace)  # noqa: S102 - code built above from the class's own field names
     init = namespace["__init__"]
     init.__qualname__ = f"{cls.__qualname__}.__init__"
     init.__doc__ = cls.__init__.__doc__
     cls.__init__ = init
+    positional = namespace["_positional"]
+    positional.__qualname__ = f"{cls.__qualname__}._positional"
+    cls._positional = staticmethod(positional)
     return cls
 
 

@@ -563,8 +563,11 @@ class Session:
                 for i, s in enumerate(states)
             ],
             context=contexts,
-            params=[positions.get(s.name, []) for s in states],
-            static=[self._fields_of(s) for s in states],
+            params=[
+                tuple((i, self._params[i].local_name, self._params[i].numel) for i in positions.get(s.name, ()))
+                for s in states
+            ],
+            static=[self._fields_of(s, contexts[i][0]) for i, s in enumerate(states)],
         )
         return self._collect_layout
 
@@ -576,49 +579,53 @@ class Session:
         return self._param_counts[name][1] > 0
 
     def _records(self, layout, totals, alive, weights, param_totals, param_calls) -> list[LayerRecord]:
-        """Plain records from the host values of one collect (runs per layer per collect: kept lean)."""
-        params = self._params
+        """Plain records from the host values of one collect (runs per layer per collect: kept lean).
+
+        Records are built positionally (`_positional`, probes/records.py) from the layout's fixed
+        fields: on a 120-layer model this loop is most of what a collect costs on the host.
+        """
         ratios = self._updates.ratios if self._updates else {}
+        make_record = LayerRecord._positional
         records: list[LayerRecord] = []
         for position, state in enumerate(layout.states):
+            name, type_name, kind, source, owner, family, parameters, trainable, followed_by = (
+                layout.static[position]
+            )
             s1, s2, nonfinite, saturated, g2, g_nonfinite, count, g_count, g_calls = totals[position]
-            followed_by, normalized = layout.context[position]
-            mine = [(params[i], param_totals[i], param_calls[i]) for i in layout.params[position]]
+            normalized = layout.context[position][1]
             info = layout.weight_info[position]
             weight = None if info is None else _weight_stats(info, weights[info[0]], normalized)
-            history = ratios.get(state.name)
-            if history is not None and history.values:
-                ratio, ratio_max, ratio_steps = (
-                    history.total / len(history.values), history.maximum, tuple(history.values)
+            mine = layout.params[position]
+            if mine:
+                gradient, without = _param_gradient_stats(
+                    g_count, g_calls, g2, g_nonfinite, mine, param_totals, param_calls
                 )
             else:
+                gradient, without = _output_gradient_stats(g_count, g_calls, g2, g_nonfinite), ()
+            history = ratios.get(name)
+            if history is not None and history.values:
+                ratio, ratio_max, ratio_steps = history.mean(), history.maximum, history.as_tuple()
+            else:
                 ratio, ratio_max, ratio_steps = None, None, ()
-            records.append(
-                LayerRecord(
-                    **layout.static[position],
-                    index=state.index if state.index >= 0 else position,
-                    followed_by=followed_by if state.kind in WEIGHTED_KINDS else None,
-                    calls=state.calls, output_shape=state.output_shape, input_from=state.input_from,
-                    params_without_gradient=tuple(
-                        p.local_name for p, total, calls in mine if calls == 0 or total == 0.0
-                    ) if mine else (),
-                    activation=_activation_stats(
-                        state, count, s1, s2, nonfinite, saturated, alive.get(state.name)
-                    ),
-                    gradient=_gradient_stats(g_count, g_calls, g2, g_nonfinite, mine),
-                    weight=weight,
-                    update_ratio=ratio, update_ratio_max=ratio_max, update_ratios=ratio_steps,
-                )
-            )
+            index = state.index
+            records.append(make_record(
+                name, type_name, index if index >= 0 else position, kind, source, owner, family,
+                followed_by, state.calls, state.output_shape, state.input_from, parameters, trainable,
+                without,
+                _activation_stats(state, count, s1, s2, nonfinite, saturated, alive.get(name)),
+                gradient, weight, ratio, ratio_max, ratio_steps,
+            ))
         return records
 
-    def _fields_of(self, state: LayerState) -> dict:
-        """Record fields that never change for a layer while attached (cached per collect)."""
-        return dict(
-            name=state.name, type=state.type_name, kind=state.kind, source=state.source,
-            owner=state.owner, activation_kind=state.family,
-            parameters=self._count_params(state, trainable_only=False),
-            trainable_parameters=self._count_params(state, trainable_only=True),
+    def _fields_of(self, state: LayerState, followed_by: str | None) -> tuple:
+        """Record fields fixed while the set of layers is (cached per layout), in `_records` order:
+        name, type, kind, source, owner, activation_kind, parameters, trainable_parameters,
+        followed_by."""
+        return (
+            state.name, state.type_name, state.kind, state.source, state.owner, state.family,
+            self._count_params(state, trainable_only=False),
+            self._count_params(state, trainable_only=True),
+            followed_by if state.kind in WEIGHTED_KINDS else None,
         )
 
     def _count_params(self, state: LayerState, trainable_only: bool) -> int:
@@ -680,8 +687,9 @@ class _Layout:
     # fan_out, scheme, expected std), None without a main weight
     weight_info: list[tuple | None]
     context: list[tuple[str | None, bool]]  # per state: (followed_by, normalized)
-    params: list[list[int]]  # per state: positions of its tracked parameters in Session._params
-    static: list[dict]  # per state: record fields fixed while attached
+    # per state: (position in Session._params, local name, numel) of its tracked parameters
+    params: list[tuple[tuple[int, str, int], ...]]
+    static: list[tuple]  # per state: record fields fixed while attached (Session._fields_of)
 
 
 class _TransferPlan:
@@ -728,68 +736,66 @@ def _row_totals(state: LayerState, tables: dict[int, list[float]]) -> list[float
 def _weight_stats(info: tuple, values, normalized: bool) -> WeightStats:
     _, weight_numel, bias_numel, frozen, fan_in, fan_out, scheme, expected = info
     w_std, w_mean, b_std, b_mean = weight_moments(values, weight_numel, bias_numel)
-    return WeightStats(
-        std=w_std, mean=w_mean, expected_std=expected, scheme=scheme, fan_in=fan_in, fan_out=fan_out,
-        normalized=normalized, frozen=frozen, numel=weight_numel, bias_mean=b_mean, bias_std=b_std,
+    return WeightStats._positional(
+        w_std, w_mean, expected, scheme, fan_in, fan_out, normalized, frozen, weight_numel, b_mean, b_std
     )
 
 
 def _activation_stats(state: LayerState, count, s1, s2, nonfinite, saturated, alive) -> ActivationStats:
-    units = alive[0] if alive else None
     if count <= 0:
-        return ActivationStats(units=units)
+        return ActivationStats._positional(None, None, None, None, 0, 0, alive[0] if alive else None, None)
     mean = s1 / count
     if math.isfinite(s2) and math.isfinite(mean):
         std = math.sqrt(max(s2 / count - mean * mean, 0.0))
     else:
-        std = float("nan")
-    dead = dead_last = None
+        std = math.nan
     if alive:
-        total, overall, latest = alive
-        dead = 1.0 - overall / total
-        dead_last = 1.0 - latest / total
-    return ActivationStats(
-        mean=mean,
-        std=std,
-        dead_fraction=dead,
-        saturated_fraction=(saturated / count) if state.bounds is not None else None,
-        nonfinite=int(round(nonfinite)),
-        count=int(count),
-        units=units,
-        dead_fraction_last=dead_last,
+        units, overall, latest = alive
+        dead, dead_last = 1.0 - overall / units, 1.0 - latest / units
+    else:
+        units = dead = dead_last = None
+    return ActivationStats._positional(
+        mean, std, dead, (saturated / count) if state.bounds is not None else None,
+        int(round(nonfinite)), int(count), units, dead_last,
     )
 
 
-def _gradient_stats(count, calls, g2, g_nonfinite, params) -> GradientStats:
+def _output_gradient_stats(count, calls, g2, g_nonfinite) -> GradientStats:
+    """A layer without trainable parameters: its gradient is the one w.r.t. its output."""
     output_rms = math.sqrt(g2 / count) if count > 0 else None
     output_norm = math.sqrt(g2 / calls) if calls > 0 else None
-    nonfinite = int(round(g_nonfinite))
-    if not params:
-        return GradientStats(
-            norm=output_norm, rms=output_rms, output_rms=output_rms, nonfinite=nonfinite,
-            backward_calls=int(calls),
-        )
-    param_norm = param_rms = None
-    param_calls = total = elements = 0
-    bad = 0
-    for param, param_total, param_call_count in params:
-        param_calls = max(param_calls, param_call_count)
-        total += param_total
-        elements += param.numel * param_call_count
-        bad += not math.isfinite(param_total)
-    if param_calls > 0:
-        param_norm = math.sqrt(total / param_calls) if total == total else float("nan")
-        param_rms = math.sqrt(total / elements) if elements and total == total else float("nan")
-        nonfinite += bad
-    return GradientStats(
-        norm=param_norm,
-        rms=param_rms,
-        output_rms=output_rms,
-        param_norm=param_norm,
-        param_rms=param_rms,
-        nonfinite=nonfinite,
-        backward_calls=int(max(param_calls, calls)),
+    return GradientStats._positional(
+        output_norm, output_rms, output_rms, None, None, int(round(g_nonfinite)), int(calls)
     )
+
+
+def _param_gradient_stats(count, calls, g2, g_nonfinite, params, param_totals, param_calls):
+    """(GradientStats, names of parameters without gradient) of a layer with trainable parameters.
+
+    `params` are (position, local name, numel) of its parameters in the session's totals.
+    """
+    output_rms = math.sqrt(g2 / count) if count > 0 else None
+    nonfinite = int(round(g_nonfinite))
+    most_calls = total = elements = bad = 0
+    without = []
+    for position, local_name, numel in params:
+        param_total, param_call_count = param_totals[position], param_calls[position]
+        if param_call_count == 0 or param_total == 0.0:
+            without.append(local_name)
+        if param_call_count > most_calls:
+            most_calls = param_call_count
+        total += param_total
+        elements += numel * param_call_count
+        bad += not math.isfinite(param_total)
+    param_norm = param_rms = None
+    if most_calls > 0:
+        param_norm = math.sqrt(total / most_calls) if total == total else math.nan
+        param_rms = math.sqrt(total / elements) if elements and total == total else math.nan
+        nonfinite += bad
+    gradient = GradientStats._positional(
+        param_norm, param_rms, output_rms, param_norm, param_rms, nonfinite, int(max(most_calls, calls))
+    )
+    return gradient, tuple(without)
 
 
 def _following_context(executed: list[LayerState]) -> dict[str, tuple[str, bool]]:

@@ -72,6 +72,7 @@ class RatioHistory:
     values: list[float] = field(default_factory=list)
     total: float = 0.0
     maximum: float = -math.inf
+    _frozen: tuple[float, ...] | None = None  # `values` as a tuple, kept until the next add
 
     def add(self, ratio: float) -> None:
         if math.isnan(ratio):
@@ -79,6 +80,16 @@ class RatioHistory:
         self.values.append(ratio)
         self.total += ratio
         self.maximum = max(self.maximum, ratio)
+        self._frozen = None
+
+    def mean(self) -> float:
+        return self.total / len(self.values)
+
+    def as_tuple(self) -> tuple[float, ...]:
+        """The values as a tuple, copied once per change (collect reads them every call)."""
+        if self._frozen is None:
+            self._frozen = tuple(self.values)
+        return self._frozen
 
 
 @dataclass(slots=True)
