@@ -82,6 +82,11 @@ def _first_float_tensor(value, depth: int = 0) -> torch.Tensor | None:
     return None
 
 
+def _runs_only_children(module: nn.Module) -> bool:
+    """A container whose forward is nn.Sequential's: it calls its children in turn, nothing else."""
+    return isinstance(module, nn.Sequential) and type(module).forward is nn.Sequential.forward
+
+
 def _is_silent_builtin(module: nn.Module, kind: str | None) -> bool:
     """A torch.nn leaf that is not probed and calls no activation (Dropout, pooling, Flatten, ...).
 
@@ -189,7 +194,9 @@ class Session:
             # (and an activation module's own F.relu is not reported a second time).
             observes = kind is None or kind == "other"
             stack.enter_context(
-                module.register_forward_pre_hook(self._enter(name, observes, inplace))
+                module.register_forward_pre_hook(
+                    self._enter(name, observes, inplace, flow_only=_runs_only_children(module))
+                )
             )
             stack.enter_context(
                 module.register_forward_hook(
@@ -239,7 +246,13 @@ class Session:
 
     # ---- hooks -------------------------------------------------------------------------------
 
-    def _enter(self, name: str, observes: bool, inplace: bool):
+    def _enter(self, name: str, observes: bool, inplace: bool, flow_only: bool = False):
+        """The forward pre-hook of a module: pushes its frame and switches the mode for it.
+
+        `flow_only`: the module's own forward only calls its children (a plain nn.Sequential),
+        so it calls no activation itself; the mode is on inside it only while the data flow is
+        tracked (ops of unhooked children such as Dropout or Flatten carry it), not in every step.
+        """
         frames = self._stack.frames
         mode = self._mode
         pending = self._pending
@@ -254,9 +267,10 @@ class Session:
                 self._producers.clear()
                 self._tracking_flow = self._forward_id <= 1 or self._new_layers
                 self._new_layers = False
-            frames.append(Frame(name, observes))
-            if mode.on_stack is not observes:
-                mode.switch(observes)
+            on = observes and (not flow_only or self._tracking_flow)
+            frames.append(Frame(name, on))
+            if mode.on_stack is not on:
+                mode.switch(on)
 
         return pre_hook
 

@@ -250,6 +250,30 @@ def test_functional_names_follow_the_owner_module():
     ]
 
 
+def test_sequential_children_are_observed_in_every_forward_after_the_flow_is_known():
+    """A plain Sequential calls no activation itself: the functional mode is off inside it once
+    the data flow is known, but what its children call is still seen, in every forward."""
+
+    class Gate(nn.Module):
+        def forward(self, x):
+            return torch.sigmoid(x) * x
+
+    model = nn.Sequential(nn.Linear(3, 4), nn.Dropout(0.0), Gate(), nn.Sequential(nn.Linear(4, 2), nn.ReLU()))
+    xs = [torch.randn(5, 3) for _ in range(4)]
+    with probes.attach(model) as session:
+        for x in xs:
+            model(x).sum().backward()
+    records = by_name(session.collect())
+    assert records["2.sigmoid()"].calls == 4
+    assert records["2.sigmoid()"].owner == "2"
+    assert records["3.0"].input_from == ""  # `sigmoid(x) * x` is an op no probe saw
+    assert records["2.sigmoid()"].input_from == "0"  # through the Dropout
+    with torch.no_grad():
+        gates = torch.cat([torch.sigmoid(model[0](x)) for x in xs])
+    close(records["2.sigmoid()"].activation.mean, gates.double().mean())
+    assert torch._C._len_torch_function_stack() == 0
+
+
 def test_hardtanh_saturation_is_inclusive_at_its_bounds():
     model = nn.Sequential(nn.Hardtanh(-0.5, 0.5))
     x = torch.tensor([[-2.0, -0.5, 0.0, 0.49, 0.5, 3.0]])
