@@ -7,11 +7,17 @@ tensor hook either: a tensor hook registered before an in-place op (a following 
 receives the gradient w.r.t. the tensor *after* the in-place op, i.e. the ReLU's output gradient,
 not the Linear's.
 
-Parameter gradients: rather than one hook per parameter, the first output-gradient hook of each
-backward pass queues an engine callback that runs once the pass is done and reads every tracked
-parameter's `.grad` in a few fused ops (probes/grouped.py: same-shape small gradients as rows of
-one stack, the rest with one `_foreach_norm`). So the numbers describe `.grad` after each
-backward (what the optimizer sees, accumulated if the caller does not zero it). Under DDP that
+Parameter gradients: the first output-gradient hook of each backward pass queues an engine
+callback that runs once the pass is done and reads every tracked parameter's `.grad` in a few
+fused ops (probes/grouped.py: same-shape small gradients as rows of one stack, the rest with one
+`_foreach_norm`). Large parameters (above grouped.STACK_MAX elements) are the exception: a
+post-accumulate-grad hook takes their norm as soon as their `.grad` is written, while it is still
+in cache. Read cold after the backward, W1's 2.4 M gradient elements cost ~1.2-1.8 ms a step;
+read hot, ~0.3 ms (benchmarks/overhead.py, 1-2 threads). It is the same `.grad`: AccumulateGrad
+runs once per parameter per backward, after every contribution is summed; a large parameter
+whose hook did not run in this backward but that has a `.grad` is read at the end as before.
+So the numbers describe `.grad` after each backward (what the optimizer sees, accumulated if
+the caller does not zero it). Under DDP that
 callback runs before DDP copies the averaged buckets back, so each rank measures its own local
 gradient; `collect()` then reports the root-mean-square over ranks of those local norms (a
 rank-mean, not the norm of the averaged gradient).
@@ -47,9 +53,18 @@ class ParamGradients:
     layouts: dict[tuple[int, ...], grouped.Layout] = field(default_factory=dict)
     orders: dict[tuple[int, ...], tuple[int, ...]] = field(default_factory=dict)
     totals: list[float] = field(default_factory=list)  # per parameter: sum of squared norms (host)
+    # position -> norm of a large parameter's gradient taken when it was accumulated in the
+    # backward now running (`accumulated`); used and cleared by `measure` at its end
+    fresh: dict[int, torch.Tensor] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.totals = [0.0] * len(self.params)
+
+    def accumulated(self, position: int) -> None:
+        """The `.grad` of parameter `position` was just written: take its norm while it is hot."""
+        grad = self.params[position].grad
+        if grad is not None:
+            self.fresh[position] = grouped.norm_of(grad)
 
     def measure(self) -> None:
         grads, present = [], []
@@ -58,6 +73,7 @@ class ParamGradients:
             if grad is not None:
                 grads.append(grad)
                 present.append(i)
+        fresh, self.fresh = self.fresh, {}
         if not grads:
             return
         pattern = tuple(present)
@@ -65,7 +81,8 @@ class ParamGradients:
         if layout is None:  # the order results come in: stacked same-shape grads, then the rest
             layout = self.layouts[pattern] = grouped.plan(grads)
             self.orders[pattern] = tuple(present[i] for i in layout.order)
-        squares = grouped.norms(grads, layout).square_()
+        known = {i: norm for i, position in enumerate(present) if (norm := fresh.get(position)) is not None}
+        squares = grouped.norms(grads, layout, known).square_()
         key = self.orders[pattern]  # the parameter of each entry of `squares`
         bucket = self.pending.setdefault(key, [])
         bucket.append(squares)

@@ -70,9 +70,18 @@ def row_norms(stacked: torch.Tensor) -> torch.Tensor:
     return torch.linalg.vector_norm(rows, dim=1, dtype=dtype)
 
 
-def norms(tensors: list[torch.Tensor], layout: Layout) -> torch.Tensor:
-    """float64 L2 norm of each tensor, in layout order."""
-    return _measure(tensors, layout, with_sums=False)[1]
+def norms(tensors: list[torch.Tensor], layout: Layout, known: dict | None = None) -> torch.Tensor:
+    """float64 L2 norm of each tensor, in layout order.
+
+    `known`: position -> norm already taken (`norm_of`) for some of the singles; not taken again.
+    """
+    return _measure(tensors, layout, with_sums=False, known=known)[1]
+
+
+def norm_of(tensor: torch.Tensor) -> torch.Tensor:
+    """L2 norm of one tensor as `norms` takes it for a single (0-dim, float32 at least)."""
+    with torch.no_grad():
+        return torch.linalg.vector_norm(_as_exact(tensor))
 
 
 def sums_and_norms(tensors: list[torch.Tensor], layout: Layout) -> tuple[torch.Tensor, torch.Tensor]:
@@ -80,7 +89,7 @@ def sums_and_norms(tensors: list[torch.Tensor], layout: Layout) -> tuple[torch.T
     return _measure(tensors, layout, with_sums=True)
 
 
-def _measure(tensors, layout: Layout, with_sums: bool):
+def _measure(tensors, layout: Layout, with_sums: bool, known: dict | None = None):
     norm_parts: list[torch.Tensor] = []
     sum_parts: list[torch.Tensor] = []
     with torch.no_grad():
@@ -92,7 +101,15 @@ def _measure(tensors, layout: Layout, with_sums: bool):
         if layout.singles:
             singles = [_as_exact(tensors[i]) for i in layout.singles]
             device = singles[0].device
-            norm_parts.append(torch.stack([n.to(device) for n in torch._foreach_norm(singles)]))
+            if known:
+                todo = [i for i in layout.singles if i not in known]
+                taken = dict(known)
+                if todo:
+                    taken.update(zip(todo, torch._foreach_norm([_as_exact(tensors[i]) for i in todo])))
+                single_norms = [taken[i] for i in layout.singles]
+            else:
+                single_norms = torch._foreach_norm(singles)
+            norm_parts.append(torch.stack([n.to(device) for n in single_norms]))
             if with_sums:
                 sum_parts.append(torch.stack([t.sum().to(device) for t in singles]))
         result_norms = _cat_double(norm_parts)

@@ -441,3 +441,50 @@ def test_a_large_weight_whose_storage_is_replaced_while_attached_is_read_whole()
         model(x)
         records = by_name(session.collect())
     close(records["0"].weight.std, population_std(model[0].weight))
+
+
+def test_large_parameter_gradients_read_as_accumulated_match_grad_after_each_backward(monkeypatch):
+    """Norms of large gradients are taken by a post-accumulate hook (while hot in cache): the same
+    `.grad` as after the backward, also when it accumulates, and a stale `.grad` of a parameter
+    the backward did not reach still counts, as it does for small parameters."""
+    from probes import grouped
+
+    hot_reads = []
+    norm_of = grouped.norm_of
+    monkeypatch.setattr(grouped, "norm_of", lambda t: hot_reads.append(t.numel()) or norm_of(t))
+
+    class TwoHeads(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.trunk = nn.Linear(160, 120)  # 19200 weights > grouped.STACK_MAX
+            self.head_a = nn.Linear(120, 150)  # 18000
+            self.head_b = nn.Linear(120, 140)  # 16800
+
+        def forward(self, x, both=True):
+            h = F.relu(self.trunk(x))
+            out = self.head_a(h).pow(2).mean()
+            return out + self.head_b(h).pow(2).mean() if both else out
+
+    def squared_norm(module: nn.Module) -> float:
+        return sum(p.grad.double().pow(2).sum().item() for p in module.parameters())
+
+    torch.manual_seed(7)
+    model = TwoHeads()
+    reference = TwoHeads()
+    reference.load_state_dict(model.state_dict())
+    xs = [torch.randn(8, 160) for _ in range(3)]
+    both = (True, False, True)  # no zero_grad: .grad accumulates; head_b keeps its old .grad once
+    with probes.attach(model) as session:
+        for x, flag in zip(xs, both):
+            model(x, both=flag).backward()
+    records = by_name(session.collect())
+    totals = {"trunk": 0.0, "head_a": 0.0, "head_b": 0.0}
+    for x, flag in zip(xs, both):  # plain torch: .grad after each backward
+        reference(x, both=flag).backward()
+        for name in totals:
+            totals[name] += squared_norm(reference.get_submodule(name))
+    assert sorted(set(hot_reads)) == [16800, 18000, 19200]
+    assert len(hot_reads) == 3 + 2 + 3  # head_b's weight was not accumulated in the second backward
+    for name, total in totals.items():
+        assert records[name].gradient.backward_calls == 3
+        close(records[name].gradient.param_norm, math.sqrt(total / 3), rel=1e-5)
