@@ -37,6 +37,7 @@ from probes.stats import (
     saturation_bounds,
     tracks_dead,
     unit_dim,
+    unit_sums,
 )
 from probes.targets import (
     ACTIVATION_MODULES,
@@ -387,9 +388,12 @@ class Session:
                 self._flush_outputs()
         else:
             data = y.detach()  # reductions of a detached tensor record no graph
-            observe_activation(state.row, data, state.bounds)
-            if dim >= 0:
-                state.alive.add(data, dim, self._forward_id)
+            if dim >= 0:  # relu/relu6: per-unit sums give the dead units and the total in one pass
+                sums = unit_sums(data, dim)
+                observe_activation(state.row, data, state.bounds, total=sums.sum())
+                state.alive.add_maxima(sums, self._forward_id)
+            else:
+                observe_activation(state.row, data, state.bounds)
             if 0 < numel <= HOLD_MAX and first:  # learn whether this output is changed in place later
                 self._pending.append((state, data, data._version, -1, 0, True))
         if y.requires_grad and self._grad_enabled():
