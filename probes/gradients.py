@@ -49,9 +49,10 @@ class ParamGradients:
     pending: dict[tuple[int, ...], list[torch.Tensor]] = field(default_factory=dict)
     folded: dict[tuple[int, ...], torch.Tensor] = field(default_factory=dict)
     calls: dict[tuple[int, ...], int] = field(default_factory=dict)
-    # presence pattern -> how its gradients are measured, and the parameter of each result
-    layouts: dict[tuple[int, ...], grouped.Layout] = field(default_factory=dict)
-    orders: dict[tuple[int, ...], tuple[int, ...]] = field(default_factory=dict)
+    # (positions with a .grad, which of those are sparse) -> how their gradients are measured,
+    # and the parameter of each result
+    layouts: dict[tuple, grouped.Layout] = field(default_factory=dict)
+    orders: dict[tuple, tuple[int, ...]] = field(default_factory=dict)
     totals: list[float] = field(default_factory=list)  # per parameter: sum of squared norms (host)
     # position -> norm of a large parameter's gradient taken when it was accumulated in the
     # backward now running (`accumulated`); used and cleared by `measure` at its end
@@ -67,19 +68,23 @@ class ParamGradients:
             self.fresh[position] = grouped.norm_of(grad)
 
     def measure(self) -> None:
-        grads, present = [], []
+        grads, present, sparse = [], [], []
+        fresh, self.fresh = self.fresh, {}
         for i, param in enumerate(self.params):
             grad = param.grad
             if grad is not None:
+                if grad.layout != torch.strided:  # Embedding(sparse=True): measured on its own
+                    if i not in fresh:
+                        fresh[i] = grouped.norm_of(grad)
+                    sparse.append(len(grads))
                 grads.append(grad)
                 present.append(i)
-        fresh, self.fresh = self.fresh, {}
         if not grads:
             return
-        pattern = tuple(present)
+        pattern = (tuple(present), tuple(sparse))
         layout = self.layouts.get(pattern)
         if layout is None:  # the order results come in: stacked same-shape grads, then the rest
-            layout = self.layouts[pattern] = grouped.plan(grads)
+            layout = self.layouts[pattern] = grouped.plan(grads, singles=tuple(sparse))
             self.orders[pattern] = tuple(present[i] for i in layout.order)
         known = {i: norm for i, position in enumerate(present) if (norm := fresh.get(position)) is not None}
         squares = grouped.norms(grads, layout, known).square_()

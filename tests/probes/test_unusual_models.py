@@ -190,3 +190,26 @@ def test_tiny_gpt2_from_config():
     assert all(r.gradient.param_norm and r.gradient.param_norm > 0
                for r in records.values() if r.trainable_parameters and r.calls)
     assert records["lm_head"].activation.nonfinite == 0
+
+
+@pytest.mark.parametrize("rows", [50, 1000])  # a small sparse gradient (groupable) and a large one
+def test_sparse_embedding_gradients_are_measured_and_leave_backward_alone(rows):
+    """Embedding(sparse=True) gives a sparse COO .grad (uncoalesced: repeated ids appear twice)."""
+
+    def build():
+        torch.manual_seed(2)
+        return nn.Sequential(nn.Embedding(rows, 32, sparse=True), nn.Flatten(), nn.Linear(32 * 4, 3))
+
+    model, plain = build(), build()
+    ids = torch.tensor([[1, 2, 2, 7], [7, 7, 3, 0]])
+    with probes.attach(model) as session:
+        for _ in range(2):  # no zero_grad: the .grad of the second backward is twice the first's
+            model(ids).sum().backward()
+    for _ in range(2):
+        plain(ids).sum().backward()
+    assert torch.equal(model[0].weight.grad.to_dense(), plain[0].weight.grad.to_dense())
+    record = {r.name: r for r in session.collect()}["0"]
+    second = plain[0].weight.grad.coalesce().values().double().pow(2).sum().item()
+    expected = (second / 4 + second) / 2  # mean over the two backward passes of ||.grad||^2
+    assert record.gradient.param_norm == pytest.approx(expected ** 0.5, rel=1e-5)
+    assert record.params_without_gradient == ()
