@@ -131,10 +131,12 @@ class Session:
         self._producers: dict[int, tuple[weakref.ref, str]] = {}
         self._tracking_flow = True
         self._new_layers = False  # new layers were found in the current forward
+        self._replaying = False  # the current forward runs inside a backward (a checkpoint's)
         self._grad_enabled = torch.is_grad_enabled
         self._after_conv1d = False
         self._open = True
         self._backward_queued = -2  # id of the backward pass whose parameter read is queued
+        self._read_queued = False  # that read has not run yet
         self._updates: UpdateTracker | None = None
         self._param_counts: dict[str, tuple[int, int]] = {}  # layer -> (all, trainable)
         self._tables: dict[torch.device, CallTable] = {}
@@ -272,6 +274,11 @@ class Session:
             if inplace and pending:
                 self._flush_outputs()  # it overwrites its input, which may be a held output
             if not frames:
+                # Forward hooks that fire inside a backward pass are a checkpoint recomputing a
+                # forward already observed (torch.utils.checkpoint): not counted a second time.
+                self._replaying = current_backward_id() != -1
+                if not self._replaying:  # a backward that raised never ran its queued read
+                    self._read_queued = False
                 self._forward_id += 1
                 self._producers.clear()
                 self._tracking_flow = self._forward_id <= 1 or self._new_layers
@@ -361,6 +368,10 @@ class Session:
 
     def _observe_output(self, state: LayerState, output, inputs=None) -> None:
         y = output if type(output) is torch.Tensor else _first_float_tensor(output)
+        if self._replaying:  # a checkpoint recomputing this forward inside the backward
+            if y is not None and y.is_floating_point() and state.index >= 0:
+                self._watch_gradient(state, y)  # reentrant checkpoints backpropagate through it
+            return
         state.calls += 1
         if y is None or not y.is_floating_point():
             return
@@ -380,7 +391,7 @@ class Session:
                 state.unit_ndim = ndim
                 state.unit_axis = unit_dim(y, self._after_conv1d) if ndim > 0 else -1
             dim = state.unit_axis
-        if numel <= HOLD_MAX and state.holds and not first and numel > 0:
+        if numel <= HOLD_MAX and state.holds and not first and numel > 0 and not y.is_inference():
             # Held as is (no detach: the batched reduction runs under no_grad), until the forward ends.
             pending = self._pending
             pending.append((state, y, y._version, dim, self._forward_id, False))
@@ -394,8 +405,14 @@ class Session:
                 state.alive.add_maxima(sums, self._forward_id)
             else:
                 observe_activation(state.row, data, state.bounds)
-            if 0 < numel <= HOLD_MAX and first:  # learn whether this output is changed in place later
+            if 0 < numel <= HOLD_MAX and first and not data.is_inference():
+                # learn whether this output is changed in place later (inference tensors have
+                # no version counter: they are reduced at once, always)
                 self._pending.append((state, data, data._version, -1, 0, True))
+        self._watch_gradient(state, y)
+
+    def _watch_gradient(self, state: LayerState, y: torch.Tensor) -> None:
+        """Hook the autograd node that made `y`, to measure the gradient w.r.t. `y`."""
         if y.requires_grad and self._grad_enabled():
             node = y.grad_fn
             try:
@@ -479,9 +496,15 @@ class Session:
         backward = current_backward_id()
         if backward != self._backward_queued and (self._params or self._pending_grads):
             self._backward_queued = backward
+            if self._read_queued:
+                # A backward run inside one whose read is still to come (a reentrant checkpoint):
+                # that read covers what this one accumulates; reading here would count it twice.
+                return
+            self._read_queued = True
             queue_after_backward(self._after_backward)
 
     def _after_backward(self) -> None:
+        self._read_queued = False
         if self._open:
             self._flush_gradients()
             if self._params:

@@ -213,3 +213,76 @@ def test_sparse_embedding_gradients_are_measured_and_leave_backward_alone(rows):
     expected = (second / 4 + second) / 2  # mean over the two backward passes of ||.grad||^2
     assert record.gradient.param_norm == pytest.approx(expected ** 0.5, rel=1e-5)
     assert record.params_without_gradient == ()
+
+
+def test_forwards_under_inference_mode_are_measured():
+    """Inference tensors have no version counter: they are reduced at once instead of held."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 2))
+    xs = [torch.randn(4, 8) for _ in range(3)]
+    with probes.attach(model) as session:
+        with torch.inference_mode():
+            outputs = [model(x) for x in xs]
+    records = {r.name: r for r in session.collect()}
+    expected = torch.cat(outputs).double()
+    assert records["2"].calls == 3
+    assert records["2"].activation.mean == pytest.approx(expected.mean().item(), rel=1e-6)
+    assert records["2"].activation.std == pytest.approx(expected.std(correction=0).item(), rel=1e-5)
+
+
+@pytest.mark.parametrize("use_reentrant", [False, True])
+def test_checkpointed_blocks_are_counted_once_and_their_gradients_measured(use_reentrant):
+    """torch.utils.checkpoint runs the block's forward again inside the backward: that replay is
+    not a second call, and the output gradients are those of plain autograd."""
+    from torch.utils.checkpoint import checkpoint
+
+    class Checkpointed(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.block = nn.Sequential(nn.Linear(6, 6), nn.Tanh())
+            self.head = nn.Linear(6, 1)
+
+        def forward(self, x):
+            return self.head(checkpoint(self.block, x, use_reentrant=use_reentrant))
+
+    torch.manual_seed(1)
+    model = Checkpointed()
+    xs = [torch.randn(5, 6, requires_grad=True) for _ in range(2)]
+    with probes.attach(model) as session:
+        for x in xs:
+            model(x).sum().backward()
+    records = {r.name: r for r in session.collect()}
+    hidden, grads = [], []
+    for x in xs:  # plain autograd, no checkpoint
+        z = model.block[0](x)
+        z.retain_grad()
+        hidden.append(z)
+        model.head(torch.tanh(z)).sum().backward()
+        grads.append(z.grad)
+    assert records["block.0"].calls == 2 and records["block.1"].calls == 2
+    values = torch.cat(hidden).double()
+    assert records["block.0"].activation.count == values.numel()
+    assert records["block.0"].activation.mean == pytest.approx(values.mean().item(), rel=1e-5)
+    expected_rms = torch.cat(grads).double().pow(2).mean().sqrt().item()
+    assert records["block.0"].gradient.output_rms == pytest.approx(expected_rms, rel=1e-5)
+    assert records["block.0"].gradient.backward_calls == 2
+
+
+def test_parameter_gradients_are_read_again_after_a_backward_that_raised():
+    model = nn.Sequential(nn.Linear(4, 4), nn.Tanh(), nn.Linear(4, 1))
+    x = torch.randn(3, 4)
+
+    def fail(grad):
+        raise RuntimeError("boom")
+
+    with probes.attach(model) as session:
+        hidden = model[1](model[0](x))
+        hidden.register_hook(fail)
+        with pytest.raises(RuntimeError, match="boom"):
+            model[2](hidden).sum().backward()
+        model.zero_grad()
+        model(x).sum().backward()
+    record = {r.name: r for r in session.collect()}["0"]
+    assert record.gradient.backward_calls == 1
+    expected = sum(p.grad.double().pow(2).sum() for p in model[0].parameters()).sqrt().item()
+    assert record.gradient.param_norm == pytest.approx(expected, rel=1e-5)
