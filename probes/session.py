@@ -46,6 +46,7 @@ from probes.targets import (
     expected_std,
     fans,
     function_display_name,
+    is_uninitialized,
     kind_of,
     main_weight,
     scheme_for,
@@ -105,7 +106,7 @@ def _is_silent_builtin(module: nn.Module, kind: str | None) -> bool:
 class _Param:
     layer: str
     local_name: str
-    numel: int
+    param: torch.Tensor  # its size is read at collect: a lazy module's is unknown until a forward
 
 
 class Session:
@@ -138,9 +139,8 @@ class Session:
         self._backward_queued = -2  # id of the backward pass whose parameter read is queued
         self._read_queued = False  # that read has not run yet
         self._updates: UpdateTracker | None = None
-        self._param_counts: dict[str, tuple[int, int]] = {}  # layer -> (all, trainable)
+        self._direct_params: dict[str, list[torch.Tensor]] = {}  # layer -> its own parameters
         self._tables: dict[torch.device, CallTable] = {}
-        self._main_weights: dict[str, torch.Tensor] = {}  # weighted layer -> the weight judged
         self._device: torch.device | None = None
         self._static_context: dict[str, tuple[str | None, bool]] = {}
         # Plain sentences on what could not be measured for this model (and why).
@@ -179,15 +179,12 @@ class Session:
                 )
                 self._states[name] = state
                 self._modules[name] = module
-                if kind in WEIGHTED_KINDS and (weight := main_weight(module, kind)) is not None:
-                    self._main_weights[name] = weight[1]
-                direct = list(module.parameters(recurse=False))
-                self._param_counts[name] = (
-                    sum(p.numel() for p in direct), sum(p.numel() for p in direct if p.requires_grad)
-                )
+                # Sizes and the main weight are read when a collect lays out its reads, not
+                # here: a lazy module (LazyLinear) has no shapes before its first forward.
+                self._direct_params[name] = list(module.parameters(recurse=False))
                 for local, param in module.named_parameters(recurse=False):
                     if param.requires_grad:
-                        self._params.append(_Param(name, local, param.numel()))
+                        self._params.append(_Param(name, local, param))
                         tracked.append(param)
                         if in_script and param.is_leaf:  # only a leaf gets a .grad to read
                             script_params.append(param)
@@ -212,6 +209,8 @@ class Session:
         # hooks run there) needs from every parameter.
         scripted_ids = {id(p) for p in script_params}
         for position, param in enumerate(tracked):
+            if is_uninitialized(param):
+                continue  # takes no hooks before its first forward: read at the end of backward
             if param.is_leaf and param.numel() > grouped.STACK_MAX:
                 hook = self._fresh_grad_hook(position)
             elif id(param) in scripted_ids:
@@ -602,14 +601,18 @@ class Session:
         unused = [
             s for s in self._states.values()
             if s.index < 0 and s.source == "module"
-            and (self._trainable(s.name) or (s.in_script and self._param_counts[s.name][0] > 0))
+            and (self._trainable(s.name) or (s.in_script and self._param_count(s.name, False) > 0))
         ]
         states = executed + unused
         positions: dict[str, list[int]] = {}
         for position, param in enumerate(self._params):
             positions.setdefault(param.layer, []).append(position)
         context = _following_context(executed)
-        weighted = [(s, self._main_weights[s.name]) for s in states if s.name in self._main_weights]
+        main_weights = {
+            s.name: weight[1] for s in states if s.kind in WEIGHTED_KINDS and s.source == "module"
+            and (weight := main_weight(self._modules[s.name], s.kind)) is not None
+        }
+        weighted = [(s, main_weights[s.name]) for s in states if s.name in main_weights]
         slot_of = {s.name: i for i, (s, _) in enumerate(weighted)}
         contexts = [context.get(s.name) or self._static_context.get(s.name, (None, False)) for s in states]
         self._collect_layout = _Layout(
@@ -618,12 +621,13 @@ class Session:
             dead_capable=[s for s in states if s.tracks_dead],
             weights=WeightReader([(w, self._bias(s)) for s, w in weighted]) if weighted else None,
             weight_info=[
-                self._weight_info(s, slot_of[s.name], contexts[i][0]) if s.name in slot_of else None
+                self._weight_info(s, main_weights[s.name], slot_of[s.name], contexts[i][0])
+                if s.name in slot_of else None
                 for i, s in enumerate(states)
             ],
             context=contexts,
             params=[
-                tuple((i, self._params[i].local_name, self._params[i].numel) for i in positions.get(s.name, ()))
+                tuple((i, self._params[i].local_name, self._params[i].param.numel()) for i in positions.get(s.name, ()))
                 for s in states
             ],
             static=[self._fields_of(s, contexts[i][0]) for i, s in enumerate(states)],
@@ -635,7 +639,13 @@ class Session:
         return bias if isinstance(bias, torch.Tensor) and bias.numel() > 0 else None
 
     def _trainable(self, name: str) -> bool:
-        return self._param_counts[name][1] > 0
+        return self._param_count(name, trainable_only=True) > 0
+
+    def _param_count(self, name: str, trainable_only: bool) -> int:
+        return sum(
+            p.numel() for p in self._direct_params[name]
+            if (p.requires_grad or not trainable_only) and not is_uninitialized(p)
+        )
 
     def _records(self, layout, totals, alive, weights, param_totals, param_calls) -> list[LayerRecord]:
         """Plain records from the host values of one collect (runs per layer per collect: kept lean).
@@ -690,11 +700,10 @@ class Session:
     def _count_params(self, state: LayerState, trainable_only: bool) -> int:
         if state.source != "module":
             return 0
-        return self._param_counts[state.name][1 if trainable_only else 0]
+        return self._param_count(state.name, trainable_only)
 
-    def _weight_info(self, state: LayerState, slot: int, followed_by: str | None) -> tuple:
+    def _weight_info(self, state: LayerState, weight: torch.Tensor, slot: int, followed_by: str | None) -> tuple:
         """What a weighted layer's WeightStats need besides the measured sums (fixed per layout)."""
-        weight = self._main_weights[state.name]
         bias = self._bias(state)
         fan_in, fan_out, scheme, expected = self._init_target(state, weight, followed_by)
         return (

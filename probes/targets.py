@@ -203,11 +203,16 @@ def type_name_of(module: nn.Module, qualified_name: str, exported: dict[str, str
     return cls_name
 
 
+def is_uninitialized(tensor: torch.Tensor) -> bool:
+    """A lazy module's parameter (or buffer) before its first forward: it has no shape yet."""
+    return isinstance(tensor, nn.parameter.UninitializedTensorMixin)
+
+
 def main_weight(module: nn.Module, kind: str) -> tuple[str, torch.Tensor] | None:
     """The parameter whose scale is judged against an init scheme, if the layer has one."""
     if kind in ("norm", "activation"):
         return None
-    params = dict(module.named_parameters(recurse=False))
+    params = {name: p for name, p in module.named_parameters(recurse=False) if not is_uninitialized(p)}
     if kind == "attention" and "in_proj_weight" in params:
         return "in_proj_weight", params["in_proj_weight"]
     if "weight" in params and params["weight"].dim() >= 2:

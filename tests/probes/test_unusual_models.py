@@ -286,3 +286,23 @@ def test_parameter_gradients_are_read_again_after_a_backward_that_raised():
     assert record.gradient.backward_calls == 1
     expected = sum(p.grad.double().pow(2).sum() for p in model[0].parameters()).sqrt().item()
     assert record.gradient.param_norm == pytest.approx(expected, rel=1e-5)
+
+
+def test_lazy_modules_attached_before_their_first_forward():
+    """LazyLinear has no parameter shapes until its first forward, which runs under attach."""
+    torch.manual_seed(3)
+    model = nn.Sequential(nn.LazyLinear(8), nn.ReLU(), nn.LazyLinear(1))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    x = torch.randn(4, 5)
+    with probes.attach(model) as session:
+        for _ in range(2):
+            optimizer.zero_grad()
+            model(x).sum().backward()
+            optimizer.step()
+    records = {r.name: r for r in session.collect()}
+    first = records["0"]
+    assert (first.type, first.kind, first.parameters) == ("LazyLinear", "linear", 5 * 8 + 8)
+    assert (first.weight.fan_in, first.weight.fan_out, first.weight.scheme) == (5, 8, "he")
+    assert first.weight.std == pytest.approx(model[0].weight.detach().double().std(correction=0).item(), rel=1e-6)
+    assert first.gradient.backward_calls == 2 and first.gradient.param_norm > 0
+    assert len(first.update_ratios) == 2
