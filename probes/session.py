@@ -84,6 +84,12 @@ def _first_float_tensor(value, depth: int = 0) -> torch.Tensor | None:
     return None
 
 
+# A tensor inside a torch.func transform (vmap, grad, jacrev, ...) is a wrapper with no data of its
+# own: `.item()` and reductions into preallocated cells raise on it. Such calls are not measured;
+# the model's ordinary forwards and backwards still are.
+_is_transformed = torch._C._functorch.is_functorch_wrapped_tensor
+
+
 def _runs_only_children(module: nn.Module) -> bool:
     """A container whose forward is nn.Sequential's: it calls its children in turn, nothing else."""
     return isinstance(module, nn.Sequential) and type(module).forward is nn.Sequential.forward
@@ -367,6 +373,8 @@ class Session:
 
     def _observe_output(self, state: LayerState, output, inputs=None) -> None:
         y = output if type(output) is torch.Tensor else _first_float_tensor(output)
+        if y is not None and _is_transformed(y):
+            return  # inside torch.func.vmap/grad/jacrev (see _is_transformed)
         if self._replaying:  # a checkpoint recomputing this forward inside the backward
             if y is not None and y.is_floating_point() and state.index >= 0:
                 self._watch_gradient(state, y)  # reentrant checkpoints backpropagate through it

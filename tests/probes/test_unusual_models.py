@@ -306,3 +306,23 @@ def test_lazy_modules_attached_before_their_first_forward():
     assert first.weight.std == pytest.approx(model[0].weight.detach().double().std(correction=0).item(), rel=1e-6)
     assert first.gradient.backward_calls == 2 and first.gradient.param_norm > 0
     assert len(first.update_ratios) == 2
+
+
+def test_torch_func_transforms_over_the_model_run_unmeasured_and_unharmed():
+    """vmap/jacrev/grad wrap tensors that have no data of their own: those calls are skipped."""
+    torch.manual_seed(4)
+    model = nn.Sequential(nn.Linear(4, 4), nn.Tanh(), nn.Linear(4, 1))
+    batch, x = torch.randn(5, 3, 4), torch.randn(3, 4)
+    with torch.no_grad():
+        expected_vmap = torch.stack([model(b) for b in batch])
+    expected_jac = torch.func.jacrev(model)(x[0])
+    with probes.attach(model) as session:
+        assert torch.equal(torch.vmap(model)(batch), expected_vmap)
+        assert torch.equal(torch.func.jacrev(model)(x[0]), expected_jac)
+        torch.func.grad(lambda v: model(v).sum())(x[0])
+        y = model(x)
+        y.sum().backward()
+    records = {r.name: r for r in session.collect()}
+    assert records["1"].calls == 1
+    assert records["1"].activation.mean == pytest.approx(torch.tanh(model[0](x)).double().mean().item(), rel=1e-5)
+    assert records["0"].gradient.backward_calls == 1
