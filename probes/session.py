@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
-import weakref
 import math
+import sys
+import weakref
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 
@@ -88,6 +89,21 @@ def _first_float_tensor(value, depth: int = 0) -> torch.Tensor | None:
 # own: `.item()` and reductions into preallocated cells raise on it. Such calls are not measured;
 # the model's ordinary forwards and backwards still are.
 _is_transformed = torch._C._functorch.is_functorch_wrapped_tensor
+
+
+def _outside_compiled_graphs(hook):
+    """`hook`, run as plain Python when its module runs inside torch.compile.
+
+    Left to dynamo, our hooks are traced: graph breaks at every `.item()` and recompilations
+    (weak references, ids) until dynamo's recompile limit, with its warnings. Disabled, each hook
+    is a graph break that runs eagerly, on real tensors. The wrapper costs ~0.6 us a call and
+    making it imports dynamo (~2 s), so it is used only when dynamo is already loaded when
+    `attach` runs: `model = torch.compile(model)` before attaching (the usual order) is covered;
+    compiling after attaching still works, with dynamo's warnings.
+    """
+    if "torch._dynamo" not in sys.modules:
+        return hook
+    return torch.compiler.disable(hook)
 
 
 def _runs_only_children(module: nn.Module) -> bool:
@@ -293,7 +309,7 @@ class Session:
             if mode.on_stack is not on:
                 mode.switch(on)
 
-        return pre_hook
+        return _outside_compiled_graphs(pre_hook)
 
     def _leave(self, name: str, state: LayerState | None, conv1d: bool):
         frames = self._stack.frames
@@ -322,7 +338,7 @@ class Session:
                 elif self._pending:
                     self._flush_outputs()  # the outermost forward is done: reduce what it held
 
-        return post_hook
+        return _outside_compiled_graphs(post_hook)
 
     def _observe_function(self, func, family, args, kwargs, out: torch.Tensor) -> None:
         frame = self._stack.top

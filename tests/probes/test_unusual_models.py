@@ -326,3 +326,37 @@ def test_torch_func_transforms_over_the_model_run_unmeasured_and_unharmed():
     assert records["1"].calls == 1
     assert records["1"].activation.mean == pytest.approx(torch.tanh(model[0](x)).double().mean().item(), rel=1e-5)
     assert records["0"].gradient.backward_calls == 1
+
+
+def test_a_model_compiled_before_attach_is_measured_without_tracing_the_probes(caplog):
+    """torch.compile then attach (the usual order): the hooks run eagerly at graph breaks instead
+    of being traced by dynamo, which recompiled them until its limit (with warnings)."""
+    import logging
+
+    torch.manual_seed(6)
+
+    class Block(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b = nn.Linear(4, 8), nn.Linear(8, 1)
+
+        def forward(self, x):
+            return self.b(F.relu(self.a(x)) * 2)
+
+    model = Block()
+    compiled = torch.compile(model, backend="eager")
+    xs = [torch.randn(16, 4) for _ in range(3)]
+    with caplog.at_level(logging.WARNING, logger="torch._dynamo"):
+        with probes.attach(model) as session:
+            for x in xs:
+                compiled(x).sum().backward()
+    records = {r.name: r for r in session.collect()}
+    assert [records[name].calls for name in ("a", "relu()", "b")] == [3, 3, 3]
+    with torch.no_grad():
+        relu = torch.cat([F.relu(model.a(x)) for x in xs]).double()
+    assert records["relu()"].activation.mean == pytest.approx(relu.mean().item(), rel=1e-5)
+    assert records["relu()"].activation.dead_fraction == pytest.approx(
+        1 - (relu > 0).any(0).double().mean().item()
+    )
+    assert records["a"].gradient.backward_calls == 3
+    assert not [r for r in caplog.records if "recompile" in r.getMessage()]
