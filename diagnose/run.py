@@ -148,6 +148,9 @@ class Measurements:
     loss: LossTrace
     nonfinite_loss_step: int | None
     limitations: tuple[str, ...] = ()  # what the probes could not measure on this model
+    # counted on the probed copy after its forward: a lazy module (LazyLinear) has sizes only then
+    parameters: int = 0
+    trainable_parameters: int = 0
 
 
 def measure(module: nn.Module, workload: Workload) -> Measurements:
@@ -162,6 +165,9 @@ def measure(module: nn.Module, workload: Workload) -> Measurements:
         layers = tuple(session.collect())
         limitations = tuple(getattr(session, "limitations", ()))
         initial = float(loss.detach())
+        counted = list(initial_model.parameters())
+        parameters = sum(p.numel() for p in counted)
+        trainable = sum(p.numel() for p in counted if p.requires_grad)
         del initial_model, output, loss
 
         history: list[float] = []
@@ -200,7 +206,7 @@ def measure(module: nn.Module, workload: Workload) -> Measurements:
     )
     return Measurements(
         layers=layers, run_layers=run_layers, loss=trace, nonfinite_loss_step=nonfinite_step,
-        limitations=limitations,
+        limitations=limitations, parameters=parameters, trainable_parameters=trainable,
     )
 
 
@@ -221,13 +227,12 @@ def collect_evidence(loaded: LoadedModel, batch: Batch, settings: Settings) -> t
         lr=settings.lr, seed=settings.seed, device=device,
     )
     measured = measure(loaded.module, workload)
-    params = list(loaded.module.parameters())
     evidence = Evidence(
         model=ModelFacts(
             source=loaded.source,
             format=loaded.format,
-            parameters=sum(p.numel() for p in params),
-            trainable_parameters=sum(p.numel() for p in params if p.requires_grad),
+            parameters=measured.parameters,
+            trainable_parameters=measured.trainable_parameters,
             layers=len(measured.layers),
             # the loader's words first; the probes' own only where they add a new fact
             limitations=loaded.limitations + tuple(

@@ -101,3 +101,12 @@ def test_torchscript_models_get_weight_and_gradient_checks_and_say_what_did_not_
     assert len(weighted) == 4
     assert all(layer["gradient"]["norm"] for layer in weighted)
     assert all(layer["activation"]["std"] is None for layer in data["layers"])
+
+
+def test_a_lazy_model_is_checked_and_left_uninitialised():
+    """LazyLinear has sizes only after a forward: the probed copy gets them, the user's model not."""
+    model = nn.Sequential(nn.LazyLinear(16), nn.ReLU(), nn.LazyLinear(3))
+    report = diagnose.check(model, torch.randn(32, 8))
+    facts = report.to_dict()["model"]
+    assert facts["parameters"] == facts["trainable_parameters"] == 8 * 16 + 16 + 16 * 3 + 3
+    assert isinstance(model[0].weight, nn.parameter.UninitializedParameter)
