@@ -194,6 +194,7 @@ def measure(module: nn.Module, workload: Workload) -> Measurements:
                     if scheduler is not None:
                         scheduler.step()
             run_layers = tuple(session.collect())
+            limitations += tuple(note for note in session.limitations if note not in limitations)
             del run_model, optimizer
     trace = LossTrace(
         kind=spec.kind,

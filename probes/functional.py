@@ -76,23 +76,36 @@ class FunctionalActivations(TorchFunctionMode):
         self.on_stack = False
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
-        if self._session._pending and self._modifies_argument(func, args, kwargs):
-            self._session._flush_outputs()  # a held output may be the tensor changed in place
-        out = func(*args, **(kwargs or {}))
+        session = self._session
+        if not session._open:  # stopped after an internal error: the call passes straight through
+            return func(*args, **(kwargs or {}))
+        try:
+            if session._pending and self._modifies_argument(func, args, kwargs):
+                session._flush_outputs()  # a held output may be the tensor changed in place
+        except Exception as exc:
+            session._internal_error(f"the functional mode, before {getattr(func, '__name__', func)}", exc)
+        out = func(*args, **(kwargs or {}))  # the user's call: its errors are the user's
+        if session._open:
+            try:
+                self._observe(func, args, kwargs, out)
+            except Exception as exc:
+                session._internal_error(f"the functional mode, after {getattr(func, '__name__', func)}", exc)
+        return out
+
+    def _observe(self, func, args, kwargs, out) -> None:
         try:
             family = self._families.get(func, _UNKNOWN)
         except TypeError:  # an unhashable callable: never an activation we know
-            return out
+            return
         if family is _UNKNOWN:
             family = function_family(func) or (_PASS if _pass_through(func) else None)
             self._families[func] = family
         if family is None:
-            return out
+            return
         if family is _PASS:
             self._session._pass_through(args, out)
         elif isinstance(out, torch.Tensor):
             self._session._observe_function(func, family, args, kwargs or {}, out)
-        return out
 
     def _modifies_argument(self, func, args, kwargs) -> bool:
         try:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import sys
+import warnings
 import weakref
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
@@ -254,6 +256,7 @@ class Session:
         ]
         trainable = [(name, params) for name, params in trainable if params]
         self._updates = UpdateTracker(
+            on_error=self._internal_error,
             layer_names=[name for name, _ in trainable],
             param_layer={id(p): i for i, (_, params) in enumerate(trainable) for p in params},
         )
@@ -263,18 +266,21 @@ class Session:
             break
 
     def _close(self) -> None:
-        self._open = False
+        was_open, self._open = self._open, False
         try:  # what the last forward/backward still holds is reduced: nothing is lost on exit
-            self._flush_outputs()
-            self._flush_gradients()
+            if was_open:
+                self._flush_outputs()
+                self._flush_gradients()
+        except Exception as exc:
+            self._internal_error("the last reduction, on exit", exc)
         finally:
             self._pending.take()
             self._pending_grads.take()
-        if self._updates is not None:
-            self._updates.release()
-        self._mode.remove()
-        self._handles.remove_all()
-        self._stack.frames.clear()
+            if self._updates is not None:
+                self._updates.release()
+            self._mode.remove()
+            self._handles.remove_all()
+            self._stack.frames.clear()
 
     # ---- hooks -------------------------------------------------------------------------------
 
@@ -292,6 +298,12 @@ class Session:
         def pre_hook(module, args):
             if not self._open:
                 return
+            try:
+                enter(module)
+            except Exception as exc:
+                self._internal_error(f"the forward pre-hook of {name or 'the model'!r}", exc)
+
+        def enter(module):
             if inplace and pending:
                 self._flush_outputs()  # it overwrites its input, which may be a held output
             if not frames:
@@ -320,14 +332,13 @@ class Session:
         def post_hook(module, args, output):
             if not self._open:
                 return
-            if mode.on_stack:
-                mode.switch(False)  # our own reductions must not pass through the mode
             try:
+                if mode.on_stack:
+                    mode.switch(False)  # our own reductions must not pass through the mode
                 if state is not None:
                     if weighted:
                         self._after_conv1d = conv1d
                     self._observe_output(state, output, args)
-            finally:
                 if frames and frames[-1].name == name:
                     frames.pop()
                 else:
@@ -337,6 +348,8 @@ class Session:
                         mode.switch(True)
                 elif self._pending:
                     self._flush_outputs()  # the outermost forward is done: reduce what it held
+            except Exception as exc:
+                self._internal_error(f"the forward hook of {name or 'the model'!r}", exc)
 
         return _outside_compiled_graphs(post_hook)
 
@@ -477,6 +490,12 @@ class Session:
         def hook(grad: torch.Tensor) -> None:
             if not self._open:
                 return
+            try:
+                measure(grad)
+            except Exception as exc:
+                self._internal_error(f"the output-gradient hook of {state.name!r}", exc)
+
+        def measure(grad: torch.Tensor) -> None:
             numel = grad.numel()
             state.gradient_count += numel
             state.gradient_calls += 1
@@ -505,14 +524,20 @@ class Session:
 
         def hook(param: torch.Tensor) -> None:
             if self._open:
-                grads.accumulated(position)
-                self._queue_param_read()
+                try:
+                    grads.accumulated(position)
+                    self._queue_param_read()
+                except Exception as exc:
+                    self._internal_error("a parameter-gradient hook", exc)
 
         return hook
 
     def _param_grad_ready(self, param: torch.Tensor) -> None:
         if self._open:
-            self._queue_param_read()
+            try:
+                self._queue_param_read()
+            except Exception as exc:
+                self._internal_error("a parameter-gradient hook", exc)
 
     def _queue_param_read(self) -> None:
         """Read every tracked `.grad` once, after the backward pass now running is done."""
@@ -529,13 +554,45 @@ class Session:
     def _after_backward(self) -> None:
         self._read_queued = False
         if self._open:
-            self._flush_gradients()
-            if self._params:
-                self._param_grads.measure()
+            try:
+                self._flush_gradients()
+                if self._params:
+                    self._param_grads.measure()
+            except Exception as exc:
+                self._internal_error("the end-of-backward read of parameter gradients", exc)
 
     def _before_inplace(self, module, args) -> None:
         if self._open and self._pending:
-            self._flush_outputs()
+            try:
+                self._flush_outputs()
+            except Exception as exc:
+                self._internal_error("the flush before an in-place module", exc)
+
+    def _internal_error(self, where: str, exc: Exception) -> None:
+        """A bug in the probes themselves (not in the user's code): stop measuring, keep the run.
+
+        Probes are observers; a failure of theirs must not end a training run. The session stops
+        measuring (every hook returns at once, the functional mode passes calls through), warns,
+        and says so in `limitations`, which the report shows. With PROBES_STRICT=1 in the
+        environment (the test suite sets it) the error is raised instead, where it happened.
+        """
+        if os.environ.get("PROBES_STRICT") == "1":
+            raise exc
+        self._open = False
+        self._pending.take()
+        self._pending_grads.take()
+        self._stack.frames.clear()
+        # The functional mode is left where it is (it may be dispatching right now, popped by
+        # torch until it returns): closed, it passes every call straight through, and the exit
+        # takes it off the stack.
+        if self._updates is not None:
+            self._updates.active = False
+        message = (
+            f"the probes stopped measuring after an internal error in {where} "
+            f"({type(exc).__name__}: {exc}); the statistics cover the calls before it"
+        )
+        self.limitations += (message + ".",)
+        warnings.warn(f"probes: {message}. Please report it.", RuntimeWarning, stacklevel=2)
 
     def _flush_outputs(self) -> None:
         """Reduce the held outputs now (end of a forward, before an in-place op, collect, exit)."""

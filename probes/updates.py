@@ -26,6 +26,7 @@ snapshot of W1 (benchmarks/overhead.py: 2.2 M parameters) shrinks ~30x.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -94,6 +95,7 @@ class RatioHistory:
 
 @dataclass(slots=True)
 class UpdateTracker:
+    on_error: Callable[[str, Exception], None]  # a failure of ours: reported, never raised at the user
     layer_names: list[str]
     param_layer: dict[int, int]  # id(parameter) -> position in layer_names
     steps: list[tuple[tuple[int, ...], tuple[float, ...], torch.Tensor]] = field(default_factory=list)
@@ -106,8 +108,21 @@ class UpdateTracker:
         self.ratios = {name: RatioHistory() for name in self.layer_names}
 
     def register(self, stack) -> None:
-        stack.enter_context(register_optimizer_step_pre_hook(self._before_step))
-        stack.enter_context(register_optimizer_step_post_hook(self._after_step))
+        stack.enter_context(register_optimizer_step_pre_hook(self._guarded(self._before_step, "before")))
+        stack.enter_context(register_optimizer_step_post_hook(self._guarded(self._after_step, "after")))
+
+    def _guarded(self, hook, when: str):
+        def guarded(optimizer, args, kwargs) -> None:
+            if not self.active:
+                return
+            try:
+                hook(optimizer, args, kwargs)
+            except Exception as exc:
+                self.active = False
+                self._plan = None
+                self.on_error(f"the update-ratio hook {when} an optimizer step", exc)
+
+        return guarded
 
     def _plan_for(self, optimizer) -> _Plan | None:
         params = [

@@ -110,3 +110,18 @@ def test_a_lazy_model_is_checked_and_left_uninitialised():
     facts = report.to_dict()["model"]
     assert facts["parameters"] == facts["trainable_parameters"] == 8 * 16 + 16 + 16 * 3 + 3
     assert isinstance(model[0].weight, nn.parameter.UninitializedParameter)
+
+
+def test_an_internal_probe_error_in_the_training_run_is_reported_not_raised(monkeypatch):
+    from probes import updates
+
+    monkeypatch.delenv("PROBES_STRICT", raising=False)
+
+    def boom(*args, **kwargs):
+        raise ValueError("simulated probe bug")
+
+    monkeypatch.setattr(updates.UpdateTracker, "_after_step", boom)
+    with pytest.warns(RuntimeWarning):
+        report = diagnose.check(_mlp(), torch.randn(64, 16), steps=3)
+    limitations = report.to_dict()["model"]["limitations"]
+    assert any("simulated probe bug" in note for note in limitations)

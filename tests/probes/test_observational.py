@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
@@ -256,3 +258,59 @@ def test_no_activation_is_kept_alive():
         gc.collect()
         assert ref() is None
         session.collect()
+
+
+@pytest.mark.parametrize("where", ["forward", "gradient", "parameters", "update", "function"])
+def test_an_internal_error_stops_the_probes_not_the_training_run(monkeypatch, where):
+    """Observers must never end the run they observe: a bug of ours (simulated here in each kind
+    of hook) turns the session off, warns, and says so in `limitations`; the user's forward,
+    backward and optimizer step go on with bit-identical results, and every hook is removed."""
+    import probes.session as session_module
+    from probes import gradients, updates
+
+    monkeypatch.delenv("PROBES_STRICT", raising=False)
+
+    def boom(*args, **kwargs):
+        raise ValueError("simulated probe bug")
+
+    target = {
+        "forward": (session_module, "observe_activation"),
+        "gradient": (session_module, "reduce_gradients"),
+        "parameters": (gradients.ParamGradients, "measure"),
+        "update": (updates.UpdateTracker, "_after_step"),
+        "function": (session_module.Session, "_observe_function"),
+    }[where]
+    monkeypatch.setattr(*target, boom)
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc1, self.fc2 = nn.Linear(6, 300), nn.Linear(300, 2)
+
+        def forward(self, x):
+            return self.fc2(F.relu(self.fc1(x)))
+
+    def train(model, probed: bool):
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        outputs = []
+        with (probes.attach(model) if probed else contextlib.nullcontext()) as session:
+            for x in xs:
+                optimizer.zero_grad()
+                out = model(x)
+                out.pow(2).sum().backward()
+                optimizer.step()
+                outputs.append(out.detach())
+        return outputs, session
+
+    torch.manual_seed(0)
+    xs = [torch.randn(64, 6) for _ in range(3)]
+    model, reference = Net(), Net()
+    reference.load_state_dict(model.state_dict())
+    with pytest.warns(RuntimeWarning, match="simulated probe bug"):
+        outputs, session = train(model, probed=True)
+    expected, _ = train(reference, probed=False)
+    assert all(torch.equal(a, b) for a, b in zip(outputs, expected))
+    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), reference.parameters()))
+    assert any("simulated probe bug" in note for note in session.limitations)
+    session.collect()  # still answers, with what was measured before the error
+    assert leftovers(model) == []
