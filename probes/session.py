@@ -13,6 +13,7 @@ from contextlib import ExitStack, contextmanager
 
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
 
 from probes import distributed, grouped
 from probes.batched import HOLD_MAX, Pending, reduce_gradients, reduce_outputs
@@ -49,9 +50,11 @@ from probes.targets import (
     expected_std,
     fans,
     function_display_name,
+    in_parametrization,
     is_uninitialized,
     kind_of,
     main_weight,
+    own_parameters,
     scheme_for,
     type_name_of,
 )
@@ -179,10 +182,14 @@ class Session:
         tracked: list[torch.Tensor] = []
         scripted: list[str] = []  # ScriptModules that are not inside another one
         script_params: list[torch.Tensor] = []
+        parametrized: list[str] = []  # layers whose weight is computed by a parametrization
         for name, module in model.named_modules():
             type_name = type_name_of(module, name, exported)
-            has_params = next(module.parameters(recurse=False), None) is not None
-            kind = kind_of(type_name, has_params)
+            machinery = in_parametrization(name)
+            own = [] if machinery else own_parameters(module)
+            kind = None if machinery else kind_of(type_name, bool(own))
+            if kind in WEIGHTED_KINDS and parametrize.is_parametrized(module):
+                parametrized.append(name)
             in_script = isinstance(module, torch.jit.ScriptModule)
             if in_script and not any(_is_inside(name, outer) for outer in scripted):
                 scripted.append(name)
@@ -205,8 +212,8 @@ class Session:
                 self._modules[name] = module
                 # Sizes and the main weight are read when a collect lays out its reads, not
                 # here: a lazy module (LazyLinear) has no shapes before its first forward.
-                self._direct_params[name] = list(module.parameters(recurse=False))
-                for local, param in module.named_parameters(recurse=False):
+                self._direct_params[name] = [param for _, param in own]
+                for local, param in own:
                     if param.requires_grad:
                         self._params.append(_Param(name, local, param))
                         tracked.append(param)
@@ -216,7 +223,7 @@ class Session:
                 continue  # forward hooks cannot be registered on (or run inside) a ScriptModule
             # Known leaf types never call a user-visible activation: the mode stays off inside
             # (and an activation module's own F.relu is not reported a second time).
-            observes = kind is None or kind == "other"
+            observes = (kind is None or kind == "other") and not machinery
             stack.enter_context(
                 module.register_forward_pre_hook(
                     self._enter(name, observes, inplace, flow_only=_runs_only_children(module))
@@ -243,6 +250,14 @@ class Session:
                 continue
             stack.callback(param.register_post_accumulate_grad_hook(hook).remove)
         self._static_context = _script_sequential_context(model, self._states)
+        if parametrized:
+            self.limitations += (
+                "torch.nn.utils.parametrize (weight_norm, spectral_norm, ...) on "
+                f"{', '.join(parametrized)}: the scale of a parametrized weight is not judged against "
+                "an init scheme, because reading it runs the parametrization (spectral_norm would "
+                "take a power-iteration step); its gradients and update ratios are measured on the "
+                "original parameters.",
+            )
         if scripted:
             where = "the whole model" if scripted == [""] else ", ".join(scripted)
             self.limitations += (

@@ -6,6 +6,7 @@ import math
 
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
 
 # Module class name -> activation family. Names, not classes, so that modules rebuilt by
 # torch.export.unflatten (InterpreterModule, original type only in node metadata) classify alike.
@@ -196,11 +197,33 @@ def exported_type_names(model: nn.Module) -> dict[str, str]:
 def type_name_of(module: nn.Module, qualified_name: str, exported: dict[str, str]) -> str:
     if isinstance(module, torch.jit.ScriptModule):
         return module.original_name  # the eager class name it was scripted (or traced) from
+    if parametrize.is_parametrized(module):  # weight_norm/spectral_norm: "ParametrizedLinear"
+        return parametrize.type_before_parametrizations(module).__name__
     exported_name = exported.get(qualified_name)
     cls_name = type(module).__name__
     if exported_name and cls_name in ("InterpreterModule", "UnflattenedModule", "GraphModule"):
         return exported_name
     return cls_name
+
+
+def in_parametrization(qualified_name: str) -> bool:
+    """A module of torch.nn.utils.parametrize's machinery (`layer.parametrizations.weight[.0]`):
+    it computes a parametrized tensor for its owner and is not a layer of the model."""
+    return "parametrizations" in qualified_name.split(".")
+
+
+def own_parameters(module: nn.Module) -> list[tuple[str, torch.Tensor]]:
+    """A layer's own parameters: the direct ones, and the originals behind its parametrized
+    tensors (weight_norm's `weight.original0`/`original1`), which belong to it, not to the
+    parametrization modules that hold them."""
+    params = list(module.named_parameters(recurse=False))
+    if parametrize.is_parametrized(module):
+        params += [
+            (f"{tensor_name}.{local}", param)
+            for tensor_name, holder in module.parametrizations.items()
+            for local, param in holder.named_parameters()
+        ]
+    return params
 
 
 def is_uninitialized(tensor: torch.Tensor) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
 from dataclasses import dataclass
 
@@ -360,3 +361,37 @@ def test_a_model_compiled_before_attach_is_measured_without_tracing_the_probes(c
     )
     assert records["a"].gradient.backward_calls == 3
     assert not [r for r in caplog.records if "recompile" in r.getMessage()]
+
+
+@pytest.mark.parametrize("wrap", ["weight_norm", "spectral_norm"])
+def test_parametrized_layers_are_reported_as_the_layer_they_parametrize(wrap):
+    """weight_norm/spectral_norm make `ParametrizedLinear` with the originals held by a
+    `parametrizations.weight` module: one Linear layer is reported, owning those parameters; the
+    machinery is not a layer, and the weight's scale is not judged (reading it would run the
+    parametrization) but said so."""
+    from torch.nn.utils import parametrizations
+
+    def build():
+        torch.manual_seed(8)
+        wrapper = getattr(parametrizations, wrap)
+        return nn.Sequential(wrapper(nn.Linear(6, 5)), nn.Tanh(), nn.Linear(5, 1))
+
+    model, plain = build(), build()
+    x = torch.randn(7, 6)
+    with probes.attach(model) as session:
+        out = model(x)
+        out.sum().backward()
+    expected = plain(x)
+    expected.sum().backward()
+    assert torch.equal(out, expected)
+    records = session.collect()
+    assert [(r.name, r.type, r.kind) for r in records] == [
+        ("0", "Linear", "linear"), ("1", "Tanh", "activation"), ("2", "Linear", "linear"),
+    ]
+    first = records[0]
+    originals = [p for name, p in plain[0].named_parameters() if "original" in name or name == "bias"]
+    assert first.parameters == sum(p.numel() for p in originals)
+    assert first.weight is None and records[2].weight is not None
+    norm = math.sqrt(sum(p.grad.double().pow(2).sum().item() for p in originals))
+    assert first.gradient.param_norm == pytest.approx(norm, rel=1e-5)
+    assert any("parametrize" in note and "on 0:" in note for note in session.limitations)
