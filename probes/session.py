@@ -266,14 +266,18 @@ class Session:
                 "parameter gradients and update ratios were measured.",
             )
         trainable = [
-            (name, [p for p in self._modules[name].parameters(recurse=False) if p.requires_grad])
-            for name in self._states
+            (name, [p for p in own if p.requires_grad]) for name, own in self._direct_params.items()
         ]
         trainable = [(name, params) for name, params in trainable if params]
+        layers_of: dict[int, list[int]] = {}  # id(parameter) -> its layers (tied weights: several)
+        for i, (_, params) in enumerate(trainable):
+            for param in params:
+                layers_of.setdefault(id(param), []).append(i)
         self._updates = UpdateTracker(
             on_error=self._internal_error,
             layer_names=[name for name, _ in trainable],
-            param_layer={id(p): i for i, (_, params) in enumerate(trainable) for p in params},
+            param_layer={key: layers[0] for key, layers in layers_of.items()},
+            shared={key: tuple(layers[1:]) for key, layers in layers_of.items() if len(layers) > 1},
         )
         self._updates.register(stack)
         for param in model.parameters():

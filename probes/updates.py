@@ -59,6 +59,7 @@ class _Plan:
     groups: list[list[torch.Tensor]]  # same-shape small parameters, stacked together
     singles: list[torch.Tensor]
     layers: tuple[int, ...]  # layer position of each parameter: groups in order, then singles
+    shared: tuple[tuple[int, int], ...]  # (entry in `layers`, another layer the parameter is in)
     scales: tuple[float, ...] = ()  # numel / measured elements of each parameter (1.0: all)
     group_snapshots: list[torch.Tensor] = field(default_factory=list)  # reused every step
     group_scratch: list[torch.Tensor] = field(default_factory=list)
@@ -98,7 +99,10 @@ class UpdateTracker:
     on_error: Callable[[str, Exception], None]  # a failure of ours: reported, never raised at the user
     layer_names: list[str]
     param_layer: dict[int, int]  # id(parameter) -> position in layer_names
-    steps: list[tuple[tuple[int, ...], tuple[float, ...], torch.Tensor]] = field(default_factory=list)
+    # id(parameter) -> further layers that share it (tied weights: an embedding and an LM head)
+    shared: dict[int, tuple[int, ...]] = field(default_factory=dict)
+    # per step: (layer of each measured parameter, its scale, (entry, further layer) pairs, norms)
+    steps: list[tuple] = field(default_factory=list)
     ratios: dict[str, RatioHistory] = field(default_factory=dict)  # per layer
     active: bool = True
     _plans: dict[int, tuple[list[torch.Tensor], _Plan]] = field(default_factory=dict)
@@ -140,6 +144,10 @@ class UpdateTracker:
             groups=[[params[i] for i in group] for group in layout.groups],
             singles=[params[i] for i in layout.singles],
             layers=tuple(self.param_layer[id(params[i])] for i in layout.order),
+            shared=tuple(
+                (entry, layer) for entry, i in enumerate(layout.order)
+                for layer in self.shared.get(id(params[i]), ())
+            ),
         )
         self._plans[id(optimizer)] = (params, plan)
         return plan
@@ -194,7 +202,7 @@ class UpdateTracker:
                 deltas.append(torch.stack(torch._foreach_norm(plan.single_snapshots)))
             device = deltas[0].device
             norms = torch.cat([n.to(device=device, dtype=torch.float64) for n in deltas + plan.weight_norms])
-        self.steps.append((plan.layers, plan.scales, norms))
+        self.steps.append((plan.layers, plan.scales, plan.shared, norms))
 
     def release(self) -> None:
         """Drop the snapshot buffers (on exit)."""
@@ -204,16 +212,20 @@ class UpdateTracker:
 
     def parts(self) -> list[torch.Tensor]:
         """Device norms of the steps taken since the last collect (absorbed by `absorb`)."""
-        return [norms for _, _, norms in self.steps]
+        return [norms for *_, norms in self.steps]
 
     def absorb(self, host_norms: list[list[float]]) -> None:
         """Turn the host copies of `parts()` into per-layer ratios (NaN: layer not in that step)."""
-        for (layers, scales, _), norms in zip(self.steps, host_norms):
+        for (layers, scales, shared, _), norms in zip(self.steps, host_norms):
             half = len(layers)
             delta_sq = [0.0] * len(self.layer_names)
             weight_sq = [0.0] * len(self.layer_names)
             present = [False] * len(self.layer_names)
             for i, layer in enumerate(layers):
+                delta_sq[layer] += norms[i] ** 2 * scales[i]
+                weight_sq[layer] += norms[half + i] ** 2 * scales[i]
+                present[layer] = True
+            for i, layer in shared:
                 delta_sq[layer] += norms[i] ** 2 * scales[i]
                 weight_sq[layer] += norms[half + i] ** 2 * scales[i]
                 present[layer] = True

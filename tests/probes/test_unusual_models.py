@@ -381,6 +381,7 @@ def test_parametrized_layers_are_reported_as_the_layer_they_parametrize(wrap):
     with probes.attach(model) as session:
         out = model(x)
         out.sum().backward()
+        torch.optim.SGD(model.parameters(), lr=0.1).step()
     expected = plain(x)
     expected.sum().backward()
     assert torch.equal(out, expected)
@@ -395,3 +396,36 @@ def test_parametrized_layers_are_reported_as_the_layer_they_parametrize(wrap):
     norm = math.sqrt(sum(p.grad.double().pow(2).sum().item() for p in originals))
     assert first.gradient.param_norm == pytest.approx(norm, rel=1e-5)
     assert any("parametrize" in note and "on 0:" in note for note in session.limitations)
+    # the update ratio is over the same parameters (SGD: the update is lr * grad)
+    weights = math.sqrt(sum(p.detach().double().pow(2).sum().item() for p in originals))
+    assert first.update_ratio == pytest.approx(0.1 * norm / weights, rel=1e-5)
+
+
+def test_a_tied_weight_counts_in_the_update_ratio_of_every_layer_that_uses_it():
+    """An LM head tied to the token embedding (GPT-2): both layers report the shared weight's update."""
+
+    class Tied(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.emb = nn.Embedding(30, 8)
+            self.head = nn.Linear(8, 30, bias=False)
+            self.head.weight = self.emb.weight
+
+        def forward(self, ids):
+            return self.head(torch.tanh(self.emb(ids)))
+
+    torch.manual_seed(9)
+    model = Tied()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+    ids = torch.randint(0, 30, (4, 5))
+    expected = []
+    with probes.attach(model) as session:
+        for _ in range(2):
+            before = model.emb.weight.detach().clone()
+            optimizer.zero_grad()
+            model(ids).logsumexp(-1).sum().backward()
+            optimizer.step()
+            expected.append(((model.emb.weight - before).double().norm() / before.double().norm()).item())
+    records = {r.name: r for r in session.collect()}
+    for name in ("emb", "head"):
+        assert records[name].update_ratios == pytest.approx(expected, rel=1e-5)
