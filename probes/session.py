@@ -331,6 +331,7 @@ class Session:
                 self._replaying = current_backward_id() != -1
                 if not self._replaying:  # a backward that raised never ran its queued read
                     self._read_queued = False
+                    self._handles.prune()
                 self._forward_id += 1
                 self._producers.clear()
                 self._tracking_flow = self._forward_id <= 1 or self._new_layers
