@@ -774,7 +774,7 @@ class Session:
                 gradient, without = _output_gradient_stats(g_count, g_calls, g2, g_nonfinite), ()
             history = ratios.get(name)
             if history is not None and history.values:
-                ratio, ratio_max, ratio_steps = history.mean(), history.maximum, history.as_tuple()
+                ratio, ratio_max, ratio_steps = history.mean(), history.maximum, history.snapshot()
             else:
                 ratio, ratio_max, ratio_steps = None, None, ()
             index = state.index

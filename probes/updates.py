@@ -33,6 +33,7 @@ import torch
 from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
 
 from probes import grouped
+from probes.records import StepValues
 from probes.sampling import sampled_view
 
 
@@ -71,10 +72,9 @@ class _Plan:
 class RatioHistory:
     """One layer's update ratios, one per step it took part in, with running mean and maximum."""
 
-    values: list[float] = field(default_factory=list)
+    values: list[float] = field(default_factory=list)  # only ever appended to
     total: float = 0.0
     maximum: float = -math.inf
-    _frozen: tuple[float, ...] | None = None  # `values` as a tuple, kept until the next add
 
     def add(self, ratio: float) -> None:
         if math.isnan(ratio):
@@ -82,16 +82,13 @@ class RatioHistory:
         self.values.append(ratio)
         self.total += ratio
         self.maximum = max(self.maximum, ratio)
-        self._frozen = None
 
     def mean(self) -> float:
         return self.total / len(self.values)
 
-    def as_tuple(self) -> tuple[float, ...]:
-        """The values as a tuple, copied once per change (collect reads them every call)."""
-        if self._frozen is None:
-            self._frozen = tuple(self.values)
-        return self._frozen
+    def snapshot(self) -> StepValues:
+        """The values so far, without copying them (collect reads them at every call)."""
+        return StepValues(self.values)
 
 
 @dataclass(slots=True)

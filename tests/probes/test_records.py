@@ -57,3 +57,28 @@ def test_keyword_constructor_keeps_defaults_and_rejects_positionals(cls):
             assert getattr(record, f.name) == f.default_factory()
     with pytest.raises(TypeError):
         cls(*required.values()) if required else cls(1.0)
+
+
+def test_step_values_is_a_fixed_snapshot_of_a_growing_list():
+    from probes.records import StepValues
+
+    values = [0.1, 0.2, 0.3]
+    view = StepValues(values)
+    values.append(0.4)  # later steps do not show in an earlier snapshot
+    assert len(view) == 3 and list(view) == [0.1, 0.2, 0.3]
+    assert view == (0.1, 0.2, 0.3) and view == [0.1, 0.2, 0.3] and view != (0.1, 0.2)
+    assert view[-1] == 0.3 and view[1:] == (0.2, 0.3)
+    with pytest.raises(IndexError):
+        view[3]
+    with pytest.raises(TypeError):
+        view[0] = 1.0
+    assert hash(view) == hash((0.1, 0.2, 0.3)) and repr(view) == "(0.1, 0.2, 0.3)"
+
+
+def test_records_with_step_values_round_trip_as_plain_data():
+    from probes.records import StepValues
+
+    record = LayerRecord(name="fc", type="Linear", index=0, kind="linear", update_ratios=StepValues([0.5, 0.25]))
+    assert dataclasses.asdict(record)["update_ratios"] == (0.5, 0.25)
+    assert record.to_dict()["update_ratios"] == [0.5, 0.25]
+    assert LayerRecord.from_dict(record.to_dict()) == record
