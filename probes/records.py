@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass, field
 
 
 class StepValues(Sequence):
-    """The first `n` values of an append-only list, as an immutable sequence sharing its storage.
+    """The first `n` values of an append-only list or array, as an immutable sequence sharing its storage.
 
     A layer's per-step update ratios grow by one value a step; copying them into a tuple at every
     `collect()` cost O(steps) per layer per collect (120 layers x 1000 steps: 120k floats copied,
@@ -20,7 +20,7 @@ class StepValues(Sequence):
 
     __slots__ = ("_values", "_n")
 
-    def __init__(self, values: list[float], n: int | None = None) -> None:
+    def __init__(self, values: Sequence[float], n: int | None = None) -> None:
         self._values = values
         self._n = len(values) if n is None else n
 

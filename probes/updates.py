@@ -26,6 +26,7 @@ snapshot of W1 (benchmarks/overhead.py: 2.2 M parameters) shrinks ~30x.
 from __future__ import annotations
 
 import math
+from array import array
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -36,6 +37,10 @@ from probes import grouped
 from probes.records import StepValues
 from probes.sampling import sampled_view
 
+
+# Pending steps (one small norm tensor each) turned into ratios on the host at once, on CPU;
+# on an accelerator that would be a device sync, so they wait for collect().
+ABSORB_EVERY = 64
 
 # Parameters larger than this are measured on a sample (see the module docstring); 16384 keeps
 # every bias and small layer exact.
@@ -72,7 +77,9 @@ class _Plan:
 class RatioHistory:
     """One layer's update ratios, one per step it took part in, with running mean and maximum."""
 
-    values: list[float] = field(default_factory=list)  # only ever appended to
+    # only ever appended to; 8 bytes a value (a list of floats takes 32): a session attached for
+    # 100k steps of a 120-layer model keeps 96 MB of ratios instead of 384 MB
+    values: array = field(default_factory=lambda: array("d"))
     total: float = 0.0
     maximum: float = -math.inf
 
@@ -200,6 +207,10 @@ class UpdateTracker:
             device = deltas[0].device
             norms = torch.cat([n.to(device=device, dtype=torch.float64) for n in deltas + plan.weight_norms])
         self.steps.append((plan.layers, plan.scales, plan.shared, norms))
+        if len(self.steps) >= ABSORB_EVERY and norms.device.type == "cpu":
+            # Reading CPU tensors is no device sync: turn the pending steps into ratios now, so
+            # a session that rarely collects does not hold a tensor per step until it does.
+            self.absorb([step[-1].tolist() for step in self.steps])
 
     def release(self) -> None:
         """Drop the snapshot buffers (on exit)."""

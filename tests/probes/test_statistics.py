@@ -488,3 +488,28 @@ def test_large_parameter_gradients_read_as_accumulated_match_grad_after_each_bac
     for name, total in totals.items():
         assert records[name].gradient.backward_calls == 3
         close(records[name].gradient.param_norm, math.sqrt(total / 3), rel=1e-5)
+
+
+def test_update_ratios_of_a_long_session_collected_once_at_the_end():
+    """On CPU the pending steps are turned into ratios every probes.updates.ABSORB_EVERY steps
+    instead of piling up until collect; nothing is lost or counted twice."""
+    from probes import updates
+
+    torch.manual_seed(5)
+    model = nn.Sequential(nn.Linear(3, 3), nn.Tanh(), nn.Linear(3, 1))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+    x = torch.randn(6, 3)
+    steps = 2 * updates.ABSORB_EVERY + 5
+    expected = []
+    with probes.attach(model) as session:
+        for _ in range(steps):
+            before = [p.detach().clone() for p in model[0].parameters()]
+            optimizer.zero_grad()
+            model(x).pow(2).mean().backward()
+            optimizer.step()
+            delta = sum((p - b).double().pow(2).sum() for p, b in zip(model[0].parameters(), before))
+            weight = sum(b.double().pow(2).sum() for b in before)
+            expected.append(math.sqrt(delta.item() / weight.item()))
+        assert len(session._updates.steps) < updates.ABSORB_EVERY
+    record = by_name(session.collect())["0"]
+    assert record.update_ratios == pytest.approx(expected, rel=1e-5)
