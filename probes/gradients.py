@@ -7,17 +7,15 @@ tensor hook either: a tensor hook registered before an in-place op (a following 
 receives the gradient w.r.t. the tensor *after* the in-place op, i.e. the ReLU's output gradient,
 not the Linear's.
 
-Parameter gradients: the first output-gradient hook of each backward pass queues an engine
-callback that runs once the pass is done and reads every tracked parameter's `.grad` in a few
-fused ops (probes/grouped.py: same-shape small gradients as rows of one stack, the rest with one
-`_foreach_norm`). Large parameters (above grouped.STACK_MAX elements) are the exception: a
-post-accumulate-grad hook takes their norm as soon as their `.grad` is written, while it is still
-in cache. Read cold after the backward, W1's 2.4 M gradient elements cost ~1.2-1.8 ms a step;
-read hot, ~0.3 ms (benchmarks/overhead.py, 1-2 threads). It is the same `.grad`: AccumulateGrad
-runs once per parameter per backward, after every contribution is summed; a large parameter
-whose hook did not run in this backward but that has a `.grad` is read at the end as before.
-So the numbers describe `.grad` after each backward (what the optimizer sees, accumulated if
-the caller does not zero it). Under DDP that
+Parameter gradients: rather than one hook per parameter, the first output-gradient hook of each
+backward pass queues an engine callback that runs once the pass is done and reads every tracked
+parameter's `.grad` in a few fused ops (probes/grouped.py: same-shape small gradients as rows of
+one stack, the rest with one `_foreach_norm`; a sparse gradient, from Embedding(sparse=True), on
+its own, as the norm of its values). Taking large norms inside the backward instead, with
+post-accumulate-grad hooks while each .grad is still in cache, was tried: faster with one thread,
+but slower on W2/W3 of benchmarks/overhead.py with the two threads it runs (the hooks sit on
+the backward's critical path), so it was taken out. The numbers describe `.grad` after each
+backward (what the optimizer sees, accumulated if the caller does not zero it). Under DDP that
 callback runs before DDP copies the averaged buckets back, so each rank measures its own local
 gradient; `collect()` then reports the root-mean-square over ranks of those local norms (a
 rank-mean, not the norm of the averaged gradient).
@@ -54,28 +52,17 @@ class ParamGradients:
     layouts: dict[tuple, grouped.Layout] = field(default_factory=dict)
     orders: dict[tuple, tuple[int, ...]] = field(default_factory=dict)
     totals: list[float] = field(default_factory=list)  # per parameter: sum of squared norms (host)
-    # position -> norm of a large parameter's gradient taken when it was accumulated in the
-    # backward now running (`accumulated`); used and cleared by `measure` at its end
-    fresh: dict[int, torch.Tensor] = field(default_factory=dict)
-
     def __post_init__(self) -> None:
         self.totals = [0.0] * len(self.params)
 
-    def accumulated(self, position: int) -> None:
-        """The `.grad` of parameter `position` was just written: take its norm while it is hot."""
-        grad = self.params[position].grad
-        if grad is not None:
-            self.fresh[position] = grouped.norm_of(grad)
-
     def measure(self) -> None:
         grads, present, sparse = [], [], []
-        fresh, self.fresh = self.fresh, {}
+        known: dict[int, torch.Tensor] = {}  # position in `grads` -> norm taken on its own
         for i, param in enumerate(self.params):
             grad = param.grad
             if grad is not None:
                 if grad.layout != torch.strided:  # Embedding(sparse=True): measured on its own
-                    if i not in fresh:
-                        fresh[i] = grouped.norm_of(grad)
+                    known[len(grads)] = grouped.norm_of(grad)
                     sparse.append(len(grads))
                 grads.append(grad)
                 present.append(i)
@@ -86,7 +73,6 @@ class ParamGradients:
         if layout is None:  # the order results come in: stacked same-shape grads, then the rest
             layout = self.layouts[pattern] = grouped.plan(grads, singles=tuple(sparse))
             self.orders[pattern] = tuple(present[i] for i in layout.order)
-        known = {i: norm for i, position in enumerate(present) if (norm := fresh.get(position)) is not None}
         squares = grouped.norms(grads, layout, known).square_()
         key = self.orders[pattern]  # the parameter of each entry of `squares`
         bucket = self.pending.setdefault(key, [])

@@ -235,20 +235,10 @@ class Session:
                 )
             )
         self._param_grads = ParamGradients(params=tracked)
-        # Large parameters' gradient norms are taken as each .grad is written (probes/gradients.py);
-        # these hooks also queue the end-of-backward read, which script code (no output-gradient
-        # hooks run there) needs from every parameter.
-        scripted_ids = {id(p) for p in script_params}
-        for position, param in enumerate(tracked):
-            if is_uninitialized(param):
-                continue  # takes no hooks before its first forward: read at the end of backward
-            if param.is_leaf and param.numel() > grouped.STACK_MAX:
-                hook = self._fresh_grad_hook(position)
-            elif id(param) in scripted_ids:
-                hook = self._param_grad_ready
-            else:
-                continue
-            stack.callback(param.register_post_accumulate_grad_hook(hook).remove)
+        # Script code runs no output-gradient hook to queue the parameter-gradient read, so each
+        # scripted parameter queues it (once per backward) when its .grad has been accumulated.
+        for param in script_params:
+            stack.callback(param.register_post_accumulate_grad_hook(self._param_grad_ready).remove)
         self._static_context = _script_sequential_context(model, self._states)
         if parametrized:
             self.limitations += (
@@ -538,19 +528,6 @@ class Session:
         hook = state.gradient_hook or self._new_grad_hook(state)
         prehook = state.gradient_prehooks[slot] = slot_prehook(slot, hook)
         return prehook
-
-    def _fresh_grad_hook(self, position: int):
-        grads = self._param_grads
-
-        def hook(param: torch.Tensor) -> None:
-            if self._open:
-                try:
-                    grads.accumulated(position)
-                    self._queue_param_read()
-                except Exception as exc:
-                    self._internal_error("a parameter-gradient hook", exc)
-
-        return hook
 
     def _param_grad_ready(self, param: torch.Tensor) -> None:
         if self._open:

@@ -443,15 +443,9 @@ def test_a_large_weight_whose_storage_is_replaced_while_attached_is_read_whole()
     close(records["0"].weight.std, population_std(model[0].weight))
 
 
-def test_large_parameter_gradients_read_as_accumulated_match_grad_after_each_backward(monkeypatch):
-    """Norms of large gradients are taken by a post-accumulate hook (while hot in cache): the same
-    `.grad` as after the backward, also when it accumulates, and a stale `.grad` of a parameter
-    the backward did not reach still counts, as it does for small parameters."""
-    from probes import grouped
-
-    hot_reads = []
-    norm_of = grouped.norm_of
-    monkeypatch.setattr(grouped, "norm_of", lambda t: hot_reads.append(t.numel()) or norm_of(t))
+def test_parameter_gradients_describe_grad_after_each_backward_also_when_it_accumulates():
+    """`.grad` after each backward: accumulated when not zeroed, and a stale `.grad` of a head the
+    backward did not reach still counts (what the optimizer would see), for large parameters too."""
 
     class TwoHeads(nn.Module):
         def __init__(self) -> None:
@@ -483,8 +477,6 @@ def test_large_parameter_gradients_read_as_accumulated_match_grad_after_each_bac
         reference(x, both=flag).backward()
         for name in totals:
             totals[name] += squared_norm(reference.get_submodule(name))
-    assert sorted(set(hot_reads)) == [16800, 18000, 19200]
-    assert len(hot_reads) == 3 + 2 + 3  # head_b's weight was not accumulated in the second backward
     for name, total in totals.items():
         assert records[name].gradient.backward_calls == 3
         close(records[name].gradient.param_norm, math.sqrt(total / 3), rel=1e-5)
