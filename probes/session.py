@@ -319,9 +319,9 @@ class Session:
                 # Forward hooks that fire inside a backward pass are a checkpoint recomputing a
                 # forward already observed (torch.utils.checkpoint): not counted a second time.
                 self._replaying = current_backward_id() != -1
-                if not self._replaying:  # a backward that raised never ran its queued read
-                    self._read_queued = False
-                    self._handles.prune()
+                if not self._replaying:
+                    self._read_queued = False  # a backward that raised never ran its queued read
+                    self._handles.prune()  # so handles die young (probes/gradients.py HookHandles)
                 self._forward_id += 1
                 self._producers.clear()
                 self._tracking_flow = self._forward_id <= 1 or self._new_layers
