@@ -325,3 +325,52 @@ def test_hook_handles_do_not_outlive_their_graph_by_more_than_a_step():
             model(torch.randn(3, 4)).sum().backward()
         kept = len(session._handles._handles)
     assert kept <= 20  # one forward's worth: 10 Linear + 10 Tanh outputs
+
+
+def _run_in(context: str, model: nn.Module, x: torch.Tensor):
+    """One forward (and backward, where there is one) of `model` under a training-loop feature."""
+    from torch.utils.checkpoint import checkpoint
+
+    if context == "inference_mode":
+        with torch.inference_mode():
+            return model(x).clone(), []
+    if context == "vmap":
+        with torch.no_grad():
+            return torch.vmap(model)(x), []
+    if context.startswith("checkpoint"):
+        reentrant = context == "checkpoint_reentrant"
+        out = checkpoint(model, x.clone().requires_grad_(reentrant), use_reentrant=reentrant)
+    else:
+        out = model(x)
+    out.pow(2).mean().backward()
+    grads = [p.grad.clone() if p.grad is not None else None for p in model.parameters()]
+    return out.detach().clone(), grads
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(spec=st.lists(layer_spec, min_size=1, max_size=3), in_width=st.integers(1, 5),
+       batch=st.integers(1, 4), seed=st.integers(0, 2**16),
+       context=st.sampled_from(["checkpoint", "checkpoint_reentrant", "inference_mode", "vmap", "weight_norm"]))
+def test_generated_models_under_training_loop_features_are_unharmed(spec, in_width, batch, seed, context):
+    """Random stacks under checkpointing, inference_mode, vmap or a weight_norm head: the same
+    outputs and gradients as without probes, nothing left behind, and a checkpoint's replay of
+    the forward not counted as a call."""
+    from torch.nn.utils import parametrizations
+
+    torch.manual_seed(seed)
+    model = Generated(in_width, spec)
+    if context == "weight_norm":
+        model.head = parametrizations.weight_norm(model.head)
+    x = torch.randn(batch, in_width)
+    own_hooks = leftovers(model)  # weight_norm registers a load_state_dict pre-hook of its own
+    plain_out, plain_grads = _run_in(context, model, x)
+    model.zero_grad(set_to_none=True)
+    with probes.attach(model) as session:
+        probed_out, probed_grads = _run_in(context, model, x)
+        records = {r.name: r for r in session.collect()}
+    assert torch.equal(plain_out, probed_out)
+    for a, b in zip(plain_grads, probed_grads):
+        assert (a is None and b is None) or torch.equal(a, b)
+    assert leftovers(model) == own_hooks
+    if context != "vmap":
+        assert records["head"].calls == 1 and records["head"].type == "Linear"
