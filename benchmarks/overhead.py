@@ -6,7 +6,8 @@
 Time: each round runs `--steps` plain training steps (forward, backward, SGD step) and then the
 same number of steps with the model under `probes.attach` and `session.collect()` after every
 step, so both see the same machine load; attaching and detaching happen outside the timed
-region, once per round. The table reports the median ms/step of each and their ratio.
+region, once per round. The table reports the median ms/step of each and their ratio (the
+target's measure), and the ratio of the means ("mean x"), which also counts rare pauses.
 
 Memory: CPU torch has no allocator statistics, and tracemalloc does not see torch's allocations,
 so peak memory is the resident-set high-water mark (VmHWM) of a fresh subprocess per
@@ -129,7 +130,11 @@ def time_workload(workload: str, device: str, rounds: int, steps: int, warmup: i
                 probed.append(time.perf_counter() - start)
     plain_ms = statistics.median(plain) * 1e3
     probed_ms = statistics.median(probed) * 1e3
-    return {"plain_ms": plain_ms, "probed_ms": probed_ms, "ratio": probed_ms / plain_ms}
+    # The median is the target's measure; the ratio of means also counts rare pauses (a full
+    # garbage collection every few hundred steps), which is what a long run's throughput sees.
+    mean_ratio = statistics.fmean(probed) / statistics.fmean(plain)
+    return {"plain_ms": plain_ms, "probed_ms": probed_ms, "ratio": probed_ms / plain_ms,
+            "mean_ratio": mean_ratio}
 
 
 def _read_hwm_kb() -> int:
@@ -217,7 +222,7 @@ def main() -> None:
     print(f"torch {torch.__version__}, device {args.device}, {torch.get_num_threads()} threads, "
           f"{args.rounds} rounds x {args.steps} steps, interleaved")
     header = (f"{'':3} {'workload':55} {'plain ms':>9} {'probed ms':>9} {'ratio':>6} {'target':>6} "
-              f"{'mem plain MB':>12} {'mem probed MB':>13}")
+              f"{'mean x':>6} {'mem plain MB':>12} {'mem probed MB':>13}")
     print(header)
     method = None
     for workload in workloads:
@@ -230,7 +235,8 @@ def main() -> None:
             method = plain["method"]
         verdict = "ok" if timing["ratio"] <= TARGETS[workload] else "MISS"
         print(f"{workload:3} {DESCRIPTIONS[workload]:55} {timing['plain_ms']:9.2f} {timing['probed_ms']:9.2f} "
-              f"{timing['ratio']:6.3f} {TARGETS[workload]:6.2f} {mem_plain:>12} {mem_probed:>13}  {verdict}",
+              f"{timing['ratio']:6.3f} {TARGETS[workload]:6.2f} {timing['mean_ratio']:6.3f} "
+              f"{mem_plain:>12} {mem_probed:>13}  {verdict}",
               flush=True)
     if method:
         print(f"memory: {method}")
