@@ -167,6 +167,7 @@ class Session:
         self._read_queued = False  # that read has not run yet
         self._updates: UpdateTracker | None = None
         self._direct_params: dict[str, list[torch.Tensor]] = {}  # layer -> its own parameters
+        self._replaced: list[str] = []  # layers seen running with swapped-in parameters
         self._tables: dict[torch.device, CallTable] = {}
         self._device: torch.device | None = None
         self._static_context: dict[str, tuple[str | None, bool]] = {}
@@ -213,6 +214,9 @@ class Session:
                 # Sizes and the main weight are read when a collect lays out its reads, not
                 # here: a lazy module (LazyLinear) has no shapes before its first forward.
                 self._direct_params[name] = [param for _, param in own]
+                direct = None if in_script else next(iter(module._parameters.items()), None)
+                if direct is not None and direct[1] is not None:
+                    state.param_check = direct
                 for local, param in own:
                     if param.requires_grad:
                         self._params.append(_Param(name, local, param))
@@ -348,6 +352,9 @@ class Session:
                 if state is not None:
                     if weighted:
                         self._after_conv1d = conv1d
+                    check = state.param_check
+                    if check is not None and module._parameters.get(check[0]) is not check[1]:
+                        self._parameters_replaced(state)
                     self._observe_output(state, output, args)
                 if frames and frames[-1].name == name:
                     frames.pop()
@@ -564,6 +571,19 @@ class Session:
                 self._flush_outputs()
             except Exception as exc:
                 self._internal_error("the flush before an in-place module", exc)
+
+    def _parameters_replaced(self, state: LayerState) -> None:
+        """The module ran with tensors other than its own parameters (torch.func.functional_call)."""
+        state.param_check = None  # said once per layer
+        self._replaced.append(state.name)
+        note = (
+            "parameters replaced during a forward (torch.func.functional_call or "
+            "torch.nn.utils.stateless) on {}: gradients of those forwards went to the replacement "
+            "tensors, which the probes do not track, so these layers' parameter gradients, "
+            "params_without_gradient and update ratios describe their own parameters only."
+        )
+        self.limitations = tuple(n for n in self.limitations if not n.startswith("parameters replaced"))
+        self.limitations += (note.format(", ".join(self._replaced)),)
 
     def _internal_error(self, where: str, exc: Exception) -> None:
         """A bug in the probes themselves (not in the user's code): stop measuring, keep the run.

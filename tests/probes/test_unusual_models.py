@@ -429,3 +429,23 @@ def test_a_tied_weight_counts_in_the_update_ratio_of_every_layer_that_uses_it():
     records = {r.name: r for r in session.collect()}
     for name in ("emb", "head"):
         assert records[name].update_ratios == pytest.approx(expected, rel=1e-5)
+
+
+def test_functional_call_with_replacement_parameters_is_said_in_limitations():
+    """torch.func.functional_call runs the module with other tensors: their gradients are not the
+    module's, so its own parameters show none, and the session says why."""
+    torch.manual_seed(10)
+    model = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 1))
+    params = {k: v.detach().clone().requires_grad_() for k, v in model.named_parameters()}
+    x = torch.randn(3, 4)
+    with probes.attach(model) as session:
+        torch.func.functional_call(model, params, (x,)).sum().backward()
+    records = {r.name: r for r in session.collect()}
+    assert records["0"].activation.count == 12 and records["0"].gradient.output_rms is not None
+    assert records["0"].params_without_gradient == ("weight", "bias")
+    said = [note for note in session.limitations if "functional_call" in note]
+    assert len(said) == 1 and "on 0, 2:" in said[0]
+
+    with probes.attach(model) as session:  # the module's own parameters: nothing to say
+        model(x).sum().backward()
+    assert not any("functional_call" in n for n in session.limitations)
