@@ -52,18 +52,17 @@ class ParamGradients:
     layouts: dict[tuple, grouped.Layout] = field(default_factory=dict)
     orders: dict[tuple, tuple[int, ...]] = field(default_factory=dict)
     totals: list[float] = field(default_factory=list)  # per parameter: sum of squared norms (host)
+
     def __post_init__(self) -> None:
         self.totals = [0.0] * len(self.params)
 
     def measure(self) -> None:
         grads, present, sparse = [], [], []
-        known: dict[int, torch.Tensor] = {}  # position in `grads` -> norm taken on its own
         for i, param in enumerate(self.params):
             grad = param.grad
             if grad is not None:
-                if grad.layout != torch.strided:  # Embedding(sparse=True): measured on its own
-                    known[len(grads)] = grouped.norm_of(grad)
-                    sparse.append(len(grads))
+                if grad.layout != torch.strided:  # Embedding(sparse=True): laid out apart, so
+                    sparse.append(len(grads))  # a change of layout means a new layout below
                 grads.append(grad)
                 present.append(i)
         if not grads:
@@ -71,9 +70,9 @@ class ParamGradients:
         pattern = (tuple(present), tuple(sparse))
         layout = self.layouts.get(pattern)
         if layout is None:  # the order results come in: stacked same-shape grads, then the rest
-            layout = self.layouts[pattern] = grouped.plan(grads, singles=tuple(sparse))
+            layout = self.layouts[pattern] = grouped.plan(grads)
             self.orders[pattern] = tuple(present[i] for i in layout.order)
-        squares = grouped.norms(grads, layout, known).square_()
+        squares = grouped.norms(grads, layout).square_()
         key = self.orders[pattern]  # the parameter of each entry of `squares`
         bucket = self.pending.setdefault(key, [])
         bucket.append(squares)

@@ -40,13 +40,13 @@ class Layout:
         return tuple(i for group in self.groups for i in group) + self.singles
 
 
-def plan(tensors: list[torch.Tensor], singles: tuple[int, ...] = ()) -> Layout:
-    """Group the small same-shape tensors; `singles` are positions never stacked (sparse ones)."""
+def plan(tensors: list[torch.Tensor]) -> Layout:
+    """Group the small same-shape dense tensors; sparse ones (Embedding(sparse=True) gradients)
+    and large ones are singles."""
     by_key: dict[tuple, list[int]] = {}
-    forced = frozenset(singles)
     singles: list[int] = []
     for i, tensor in enumerate(tensors):
-        if i in forced or tensor.numel() > STACK_MAX or tensor.numel() == 0:
+        if tensor.layout != torch.strided or tensor.numel() > STACK_MAX or tensor.numel() == 0:
             singles.append(i)
         else:
             by_key.setdefault((tuple(tensor.shape), tensor.dtype, tensor.device), []).append(i)
@@ -72,20 +72,14 @@ def row_norms(stacked: torch.Tensor) -> torch.Tensor:
     return torch.linalg.vector_norm(rows, dim=1, dtype=dtype)
 
 
-def norms(tensors: list[torch.Tensor], layout: Layout, known: dict | None = None) -> torch.Tensor:
-    """float64 L2 norm of each tensor, in layout order.
-
-    `known`: position -> norm already taken (`norm_of`) for some of the singles; not taken again.
-    """
-    return _measure(tensors, layout, with_sums=False, known=known)[1]
+def norms(tensors: list[torch.Tensor], layout: Layout) -> torch.Tensor:
+    """float64 L2 norm of each tensor, dense or sparse, in layout order."""
+    return _measure(tensors, layout, with_sums=False)[1]
 
 
 def norm_of(tensor: torch.Tensor) -> torch.Tensor:
-    """L2 norm of one tensor, dense or sparse (0-dim, float32 at least), as the root of a dot product.
-
-    `dot` is ~25% faster than `vector_norm` on CPU for a few hundred thousand elements and is
-    accumulated in the same precision; squaring a norm back cannot overflow where the dot did not.
-    """
+    """L2 norm of one tensor, dense or sparse (0-dim, float32 at least): of a sparse one, the
+    norm of its stored values once duplicates are summed (`_foreach_norm` has no sparse kernel)."""
     with torch.no_grad():
         if tensor.layout != torch.strided:  # a sparse gradient (Embedding(sparse=True)): its values
             tensor = tensor.coalesce().values() if tensor.layout == torch.sparse_coo else tensor.values()
@@ -98,7 +92,7 @@ def sums_and_norms(tensors: list[torch.Tensor], layout: Layout) -> tuple[torch.T
     return _measure(tensors, layout, with_sums=True)
 
 
-def _measure(tensors, layout: Layout, with_sums: bool, known: dict | None = None):
+def _measure(tensors, layout: Layout, with_sums: bool):
     norm_parts: list[torch.Tensor] = []
     sum_parts: list[torch.Tensor] = []
     with torch.no_grad():
@@ -110,14 +104,12 @@ def _measure(tensors, layout: Layout, with_sums: bool, known: dict | None = None
         if layout.singles:
             singles = [_as_exact(tensors[i]) for i in layout.singles]
             device = singles[0].device
-            if known:
-                todo = [i for i in layout.singles if i not in known]
-                taken = dict(known)
-                if todo:
-                    taken.update(zip(todo, torch._foreach_norm([_as_exact(tensors[i]) for i in todo])))
-                single_norms = [taken[i] for i in layout.singles]
-            else:
+            dense = [t for t in singles if t.layout == torch.strided]
+            if len(dense) == len(singles):
                 single_norms = torch._foreach_norm(singles)
+            else:  # sparse ones (no _foreach_norm kernel) on their own, the rest fused
+                fused = iter(torch._foreach_norm(dense)) if dense else iter(())
+                single_norms = [next(fused) if t.layout == torch.strided else norm_of(t) for t in singles]
             norm_parts.append(torch.stack([n.to(device) for n in single_norms]))
             if with_sums:
                 sum_parts.append(torch.stack([t.sum().to(device) for t in singles]))

@@ -740,8 +740,9 @@ class Session:
         return self._param_count(name, trainable_only=True) > 0
 
     def _param_count(self, name: str, trainable_only: bool) -> int:
+        """Elements of a layer's own parameters (0 for an activation called as a function)."""
         return sum(
-            p.numel() for p in self._direct_params[name]
+            p.numel() for p in self._direct_params.get(name, ())
             if (p.requires_grad or not trainable_only) and not is_uninitialized(p)
         )
 
@@ -790,15 +791,10 @@ class Session:
         followed_by."""
         return (
             state.name, state.type_name, state.kind, state.source, state.owner, state.family,
-            self._count_params(state, trainable_only=False),
-            self._count_params(state, trainable_only=True),
+            self._param_count(state.name, trainable_only=False),
+            self._param_count(state.name, trainable_only=True),
             followed_by if state.kind in WEIGHTED_KINDS else None,
         )
-
-    def _count_params(self, state: LayerState, trainable_only: bool) -> int:
-        if state.source != "module":
-            return 0
-        return self._param_count(state.name, trainable_only)
 
     def _weight_info(self, state: LayerState, weight: torch.Tensor, slot: int, followed_by: str | None) -> tuple:
         """What a weighted layer's WeightStats need besides the measured sums (fixed per layout)."""

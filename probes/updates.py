@@ -25,6 +25,7 @@ snapshot of W1 (benchmarks/overhead.py: 2.2 M parameters) shrinks ~30x.
 
 from __future__ import annotations
 
+import itertools
 import math
 from array import array
 from collections.abc import Callable
@@ -229,11 +230,8 @@ class UpdateTracker:
             delta_sq = [0.0] * len(self.layer_names)
             weight_sq = [0.0] * len(self.layer_names)
             present = [False] * len(self.layer_names)
-            for i, layer in enumerate(layers):
-                delta_sq[layer] += norms[i] ** 2 * scales[i]
-                weight_sq[layer] += norms[half + i] ** 2 * scales[i]
-                present[layer] = True
-            for i, layer in shared:
+            # each measured parameter counts in its layer, and a tied one in its further layers too
+            for i, layer in itertools.chain(enumerate(layers), shared):
                 delta_sq[layer] += norms[i] ** 2 * scales[i]
                 weight_sq[layer] += norms[half + i] ** 2 * scales[i]
                 present[layer] = True
