@@ -157,9 +157,7 @@ class UpdateTracker:
         self._plans[id(optimizer)] = (params, plan)
         return plan
 
-    def _before_step(self, optimizer, args, kwargs) -> None:
-        if not self.active:
-            return
+    def _before_step(self, optimizer, args, kwargs) -> None:  # runs only while active (_guarded)
         self._plan = self._plan_for(optimizer)
         if self._plan is None:
             return
@@ -194,7 +192,7 @@ class UpdateTracker:
     def _after_step(self, optimizer, args, kwargs) -> None:
         plan = self._plan
         self._plan = None
-        if not self.active or plan is None or not plan.weight_norms:
+        if plan is None or not plan.weight_norms:
             return
         with torch.no_grad():
             deltas = []

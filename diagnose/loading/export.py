@@ -12,8 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from diagnose.errors import DiagnoseError
-from diagnose.loading._messages import one_line
+from diagnose.errors import DiagnoseError, one_line
 from diagnose.loading.safety import UnsafePickle, load_tensors_only, refuse_unsafe
 from diagnose.loading.sniff import LEGACY_EXPORT_MEMBER
 from diagnose.loading.specs import InputSpec

@@ -6,8 +6,7 @@ import inspect
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from diagnose.errors import DiagnoseError
-from diagnose.loading._messages import one_line
+from diagnose.errors import DiagnoseError, one_line
 from diagnose.loading.imports import import_attribute
 
 if TYPE_CHECKING:

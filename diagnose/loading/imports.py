@@ -12,8 +12,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from diagnose.errors import DiagnoseError
-from diagnose.loading._messages import one_line
+from diagnose.errors import DiagnoseError, one_line
 
 # Files imported by path are registered under this prefix plus a hash of their location, so
 # classes they define keep a resolvable __module__ (dataclasses, pickling and deepcopy look it

@@ -7,8 +7,7 @@ import pickle
 from pathlib import Path
 from typing import Any
 
-from diagnose.errors import DiagnoseError
-from diagnose.loading._messages import one_line
+from diagnose.errors import DiagnoseError, one_line
 
 # torch.load(weights_only=True) raises UnpicklingError with this text for every stream it rejects...
 WEIGHTS_ONLY_REJECTION = "Weights only load failed"

@@ -6,8 +6,7 @@ import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from diagnose.errors import DiagnoseError
-from diagnose.loading._messages import one_line
+from diagnose.errors import DiagnoseError, one_line
 
 if TYPE_CHECKING:
     import torch
