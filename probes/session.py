@@ -96,19 +96,39 @@ def _first_float_tensor(value, depth: int = 0) -> torch.Tensor | None:
 _is_transformed = torch._C._functorch.is_functorch_wrapped_tensor
 
 
-def _outside_compiled_graphs(hook):
-    """`hook`, run as plain Python when its module runs inside torch.compile.
+def _keep_dynamo_out() -> bool:
+    """Tell dynamo never to trace code of this package; False when this torch has no such rule.
 
-    Left to dynamo, our hooks are traced: graph breaks at every `.item()` and recompilations
-    (weak references, ids) until dynamo's recompile limit, with its warnings. Disabled, each hook
-    is a graph break that runs eagerly, on real tensors. The wrapper costs ~0.6 us a call and
-    making it imports dynamo (~2 s), so it is used only when dynamo is already loaded when
-    `attach` runs: `model = torch.compile(model)` before attaching (the usual order) is covered;
-    compiling after attaching still works, with dynamo's warnings.
+    Left to dynamo, our hooks are traced when a module runs inside torch.compile: graph breaks at
+    every `.item()` and recompilations (weak references, ids) until dynamo's recompile limit,
+    with its warnings. With `probes` among dynamo's skipped files, each hook is a graph break that
+    runs eagerly, on real tensors, and the hooks cost nothing extra outside compiled code.
+    Wrapping every hook in `torch.compiler.disable` instead costs ~2.5 us a call: 0.6 ms a step
+    on the 60-layer MLP of benchmarks/overhead.py (W4), and torch >= 2.13 imports dynamo with
+    any optimizer, so that wrapper was paid in ordinary eager runs too. The rule is only added
+    when dynamo is already loaded (importing it takes ~2 s); it is process-wide and permanent,
+    which is harmless: it only says that dynamo must not trace the probes.
     """
     if "torch._dynamo" not in sys.modules:
-        return hook
-    return torch.compiler.disable(hook)
+        return True  # nothing to keep out; a model compiled later still works, with warnings
+    global _DYNAMO_SKIPS_PROBES
+    if _DYNAMO_SKIPS_PROBES is None:
+        try:
+            from torch._dynamo import trace_rules
+
+            trace_rules.add(__name__.partition(".")[0])
+            _DYNAMO_SKIPS_PROBES = True
+        except Exception:  # an older or newer dynamo without this rule: wrap the hooks instead
+            _DYNAMO_SKIPS_PROBES = False
+    return _DYNAMO_SKIPS_PROBES
+
+
+_DYNAMO_SKIPS_PROBES: bool | None = None
+
+
+def _outside_compiled_graphs(hook, dynamo_skips_probes: bool):
+    """`hook`, run as plain Python when its module runs inside torch.compile (`_keep_dynamo_out`)."""
+    return hook if dynamo_skips_probes else torch.compiler.disable(hook)
 
 
 def _runs_only_children(module: nn.Module) -> bool:
@@ -171,6 +191,7 @@ class Session:
         self._tables: dict[torch.device, CallTable] = {}
         self._device: torch.device | None = None
         self._static_context: dict[str, tuple[str | None, bool]] = {}
+        self._dynamo_skips_probes = True  # set by _install (_keep_dynamo_out)
         # Plain sentences on what could not be measured for this model (and why).
         self.limitations: tuple[str, ...] = ()
 
@@ -178,6 +199,7 @@ class Session:
 
     def _install(self, stack: ExitStack) -> None:
         model = self.model
+        self._dynamo_skips_probes = _keep_dynamo_out()
         stack.callback(self._close)  # first in, last out: runs after every handle is removed
         exported = exported_type_names(model)
         tracked: list[torch.Tensor] = []
@@ -335,7 +357,7 @@ class Session:
             if mode.on_stack is not on:
                 mode.switch(on)
 
-        return _outside_compiled_graphs(pre_hook)
+        return _outside_compiled_graphs(pre_hook, self._dynamo_skips_probes)
 
     def _leave(self, name: str, state: LayerState | None, conv1d: bool):
         frames = self._stack.frames
@@ -368,7 +390,7 @@ class Session:
             except Exception as exc:
                 self._internal_error(f"the forward hook of {name or 'the model'!r}", exc)
 
-        return _outside_compiled_graphs(post_hook)
+        return _outside_compiled_graphs(post_hook, self._dynamo_skips_probes)
 
     def _observe_function(self, func, family, args, kwargs, out: torch.Tensor) -> None:
         frame = self._stack.top
