@@ -159,8 +159,26 @@ class _Param:
 class Session:
     """Measurements of one attached model. Use `attach(model)` to create one."""
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, every: int = 1) -> None:
+        if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+            raise ValueError(f"probes.attach: every must be a whole number >= 1, got {every!r}")
         self.model = model
+        # Measure one forward of the model in `every` (the first, then every `every`-th), with
+        # the backward and optimizer step that follow it; between them no hook of ours but the
+        # model's own runs. `forwards` counts the model's forwards, measured or not.
+        self.every = every
+        self.forwards = 0
+        self._measuring = True  # the model's current (or last) forward is measured
+        # (module, forward pre-hook, forward hook) of every hooked module but the model itself,
+        # whose hooks are removed while forwards are not measured (`_hook_modules`)
+        self._hook_plan: list[tuple[nn.Module, object, object]] = []
+        # (module, pre-hook handle, pre-hook, post-hook handle or None, post-hook), once registered
+        self._module_hooks: list[tuple] = []
+        self._modules_hooked = False
+        # Bumped whenever something is measured: with every > 1, a collect() that finds it
+        # unchanged returns the records of the previous one (nothing new was measured).
+        self._generation = 0
+        self._collected: tuple | None = None  # (generation, update steps, reduce, records)
         self._states: dict[str, LayerState] = {}
         self._modules: dict[str, nn.Module] = {}
         self._params: list[_Param] = []
@@ -219,7 +237,7 @@ class Session:
             inplace = getattr(module, "inplace", False) is True
             if not in_script and module is not model and _is_silent_builtin(module, kind):
                 if inplace:  # Dropout(inplace=True) would change a held output: reduce first
-                    stack.enter_context(module.register_forward_pre_hook(self._before_inplace))
+                    self._hook_plan.append((module, self._before_inplace, None))
                 continue
             state = None
             if kind is not None:
@@ -250,16 +268,15 @@ class Session:
             # Known leaf types never call a user-visible activation: the mode stays off inside
             # (and an activation module's own F.relu is not reported a second time).
             observes = (kind is None or kind == "other") and not machinery
-            stack.enter_context(
-                module.register_forward_pre_hook(
-                    self._enter(name, observes, inplace, flow_only=_runs_only_children(module))
-                )
-            )
-            stack.enter_context(
-                module.register_forward_hook(
-                    self._leave(name, state, type_name in _CONV1D_TYPES), always_call=True
-                )
-            )
+            root = module is model
+            pre_hook = self._enter(name, observes, inplace, flow_only=_runs_only_children(module), root=root)
+            post_hook = self._leave(name, state, type_name in _CONV1D_TYPES, root=root)
+            if root:  # the model's own hooks stay on: its pre-hook is the clock of `every`
+                stack.enter_context(module.register_forward_pre_hook(pre_hook))
+                stack.enter_context(module.register_forward_hook(post_hook, always_call=True))
+            else:
+                self._hook_plan.append((module, pre_hook, post_hook))
+        self._hook_modules(True)
         self._param_grads = ParamGradients(params=tracked)
         # Script code runs no output-gradient hook to queue the parameter-gradient read, so each
         # scripted parameter queues it (once per backward) when its .grad has been accumulated.
@@ -291,6 +308,7 @@ class Session:
                 layers_of.setdefault(id(param), []).append(i)
         self._updates = UpdateTracker(
             on_error=self._internal_error,
+            every_step=self.every == 1,
             layer_names=[name for name, _ in trainable],
             param_layer={key: layers[0] for key, layers in layers_of.items()},
             shared={key: tuple(layers[1:]) for key, layers in layers_of.items() if len(layers) > 1},
@@ -313,18 +331,20 @@ class Session:
             self._pending_grads.take()
             if self._updates is not None:
                 self._updates.release()
+            self._remove_module_hooks()
             self._mode.remove()
             self._handles.remove_all()
             self._stack.frames.clear()
 
     # ---- hooks -------------------------------------------------------------------------------
 
-    def _enter(self, name: str, observes: bool, inplace: bool, flow_only: bool = False):
+    def _enter(self, name: str, observes: bool, inplace: bool, flow_only: bool = False, root: bool = False):
         """The forward pre-hook of a module: pushes its frame and switches the mode for it.
 
         `flow_only`: the module's own forward only calls its children (a plain nn.Sequential),
         so it calls no activation itself; the mode is on inside it only while the data flow is
         tracked (ops of unhooked children such as Dropout or Flatten carry it), not in every step.
+        `root`: the model itself, whose forwards `every` counts (`_tick`).
         """
         frames = self._stack.frames
         mode = self._mode
@@ -334,6 +354,8 @@ class Session:
             if not self._open:
                 return
             try:
+                if root and not frames and not self._tick():
+                    return  # a forward that is not measured: nothing of ours runs inside it
                 enter(module)
             except Exception as exc:
                 self._internal_error(f"the forward pre-hook of {name or 'the model'!r}", exc)
@@ -359,14 +381,14 @@ class Session:
 
         return _outside_compiled_graphs(pre_hook, self._dynamo_skips_probes)
 
-    def _leave(self, name: str, state: LayerState | None, conv1d: bool):
+    def _leave(self, name: str, state: LayerState | None, conv1d: bool, root: bool = False):
         frames = self._stack.frames
         mode = self._mode
 
         weighted = state is not None and state.kind in WEIGHTED_KINDS
 
         def post_hook(module, args, output):
-            if not self._open:
+            if not self._open or (root and not frames and not self._measuring):
                 return
             try:
                 if mode.on_stack:
@@ -391,6 +413,63 @@ class Session:
                 self._internal_error(f"the forward hook of {name or 'the model'!r}", exc)
 
         return _outside_compiled_graphs(post_hook, self._dynamo_skips_probes)
+
+    def _tick(self) -> bool:
+        """A forward of the model starts: count it; True when it is measured (see `every`)."""
+        if current_backward_id() != -1:
+            return self._measuring  # a checkpoint recomputing a forward: not a forward of its own
+        self.forwards += 1
+        if self.every == 1:
+            return True
+        measured = (self.forwards - 1) % self.every == 0
+        self._measuring = measured
+        self._hook_modules(measured)
+        if measured:
+            self._generation += 1
+            if self._updates is not None:
+                self._updates.armed = True  # the optimizer step after this forward is measured
+        return measured
+
+    def _hook_modules(self, on: bool) -> None:
+        """Put the forward hooks of every hooked module but the model itself on, or take them off.
+
+        Registered once; with `every` > 1 they are then taken out of (and put back into) the
+        modules' hook dicts under their first ids, at each change between measured and other
+        forwards: ~0.1 us a hook, where registering anew (a RemovableHandle each) cost ~3 us,
+        0.7 ms per measured step of the 60-layer MLP W4 (benchmarks/overhead.py). Put back, they
+        run after any hook the user added to those modules in the meantime. The handles remove
+        them on exit, wherever they are.
+        """
+        if on == self._modules_hooked:
+            return
+        self._modules_hooked = on
+        entries = self._module_hooks
+        if not entries:
+            if on:
+                for module, pre_hook, post_hook in self._hook_plan:
+                    pre = module.register_forward_pre_hook(pre_hook)
+                    post = None if post_hook is None else module.register_forward_hook(post_hook, always_call=True)
+                    entries.append((module, pre, pre_hook, post, post_hook))
+            return
+        for module, pre, pre_hook, post, post_hook in entries:
+            if on:
+                module._forward_pre_hooks[pre.id] = pre_hook
+                if post is not None:
+                    module._forward_hooks[post.id] = post_hook
+                    module._forward_hooks_always_called[post.id] = True
+            else:
+                module._forward_pre_hooks.pop(pre.id, None)
+                if post is not None:
+                    module._forward_hooks.pop(post.id, None)
+                    module._forward_hooks_always_called.pop(post.id, None)
+
+    def _remove_module_hooks(self) -> None:
+        for _, pre, _, post, _ in self._module_hooks:
+            pre.remove()
+            if post is not None:
+                post.remove()
+        self._module_hooks.clear()
+        self._modules_hooked = False
 
     def _observe_function(self, func, family, args, kwargs, out: torch.Tensor) -> None:
         frame = self._stack.top
@@ -535,6 +614,7 @@ class Session:
                 self._internal_error(f"the output-gradient hook of {state.name!r}", exc)
 
         def measure(grad: torch.Tensor) -> None:
+            self._generation += 1
             numel = grad.numel()
             state.gradient_count += numel
             state.gradient_calls += 1
@@ -559,7 +639,7 @@ class Session:
         return prehook
 
     def _param_grad_ready(self, param: torch.Tensor) -> None:
-        if self._open:
+        if self._open and self._measuring:
             try:
                 self._queue_param_read()
             except Exception as exc:
@@ -579,6 +659,7 @@ class Session:
 
     def _after_backward(self) -> None:
         self._read_queued = False
+        self._generation += 1
         if self._open:
             try:
                 self._flush_gradients()
@@ -653,7 +734,23 @@ class Session:
         output-gradient RMS). Parameter-gradient numbers are then the root-mean-square over
         ranks of each rank's local gradient (see probes/gradients.py); weights and update ratios
         are the local ones, identical on every rank under DDP. Every rank must call collect().
+
+        With `every` > 1, a collect that follows no new measurement (the forwards since the last
+        one were not measured) returns the same records again, without reading anything.
         """
+        if self.every == 1:
+            return self._collect(reduce)
+        key = (self._generation, self._updates.generation if self._updates else 0, reduce)
+        # Not under torch.distributed: every rank must take part in each collect's all-reduce.
+        if self._collected is not None and self._collected[0] == key and not (
+            reduce and distributed.world_size() > 1
+        ):
+            return list(self._collected[1])
+        records = self._collect(reduce)
+        self._collected = (key, records)
+        return list(records)
+
+    def _collect(self, reduce: bool) -> list[LayerRecord]:
         self._flush_outputs()
         self._flush_gradients()
         layout = self._layout()
@@ -1061,8 +1158,15 @@ def _script_sequential_context(model: nn.Module, states: dict[str, LayerState]):
 
 
 @contextmanager
-def attach(model: nn.Module) -> Iterator[Session]:
+def attach(model: nn.Module, every: int = 1) -> Iterator[Session]:
     """Probe `model` while the block runs; every hook and mode is removed on exit, also on error.
+
+    `every`: measure one forward of the model in `every` (the 1st, the every+1-th, ...) with the
+    backward and the optimizer step that follow it, as SageMaker Debugger's `save_interval` or
+    wandb.watch's `log_freq` do, for runs that keep the probes on: between measured forwards
+    only the model's own two hooks run (benchmarks/overhead.py prints the cost of both).
+    Statistics then describe the measured forwards; dead units are those that never fired in
+    any of them. Forwards are counted at calls of `model` itself.
 
     Nothing about the model changes: hooks return None, statistics are computed without
     recording any graph (on detached tensors, or under no_grad), no activation is kept beyond
@@ -1074,7 +1178,7 @@ def attach(model: nn.Module) -> Iterator[Session]:
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"probes.attach expects an nn.Module, got {type(model).__name__}")
-    session = Session(model)
+    session = Session(model, every)
     with ExitStack() as stack:
         session._install(stack)
         yield session

@@ -110,6 +110,11 @@ class UpdateTracker:
     steps: list[tuple] = field(default_factory=list)
     ratios: dict[str, RatioHistory] = field(default_factory=dict)  # per layer
     active: bool = True
+    # Steps are measured while armed. With every_step (attach's every=1) it stays armed; else the
+    # session arms it at each measured forward and a measured step disarms it.
+    every_step: bool = True
+    armed: bool = True
+    generation: int = 0  # measured steps so far
     _plans: dict[int, tuple[list[torch.Tensor], _Plan]] = field(default_factory=dict)
     _plan: _Plan | None = None
 
@@ -122,7 +127,7 @@ class UpdateTracker:
 
     def _guarded(self, hook, when: str):
         def guarded(optimizer, args, kwargs) -> None:
-            if not self.active:
+            if not self.active or not self.armed:
                 return
             try:
                 hook(optimizer, args, kwargs)
@@ -194,6 +199,9 @@ class UpdateTracker:
         self._plan = None
         if plan is None or not plan.weight_norms:
             return
+        if not self.every_step:
+            self.armed = False
+        self.generation += 1
         with torch.no_grad():
             deltas = []
             for snapshot, scratch, group in zip(plan.group_snapshots, plan.group_scratch, plan.groups):
