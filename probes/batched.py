@@ -91,7 +91,7 @@ def _reduce_output_group(group: list[tuple], bounds, dim: int) -> None:
     table = group[0][STATE].row.table
     n = len(group)
     stacked = torch.stack([item[DATA] for item in group])
-    flat = stacked.view(n, -1)
+    flat = stacked.reshape(n, -1)  # a view, but for channels_last maps (a copy then)
     if flat.dtype != table.dtype:
         flat = flat.to(table.dtype)
     sums = flat.sum(1)
@@ -135,7 +135,7 @@ def reduce_gradients(items: list[tuple]) -> None:
         for group in groups.values():
             table = group[0][STATE].row.table
             n = len(group)
-            flat = torch.stack([item[DATA] for item in group]).view(n, -1)
+            flat = torch.stack([item[DATA] for item in group]).reshape(n, -1)
             if flat.dtype != table.dtype:
                 flat = flat.to(table.dtype)
             norms = torch.linalg.vector_norm(flat, dim=1)

@@ -61,13 +61,13 @@ def plan(tensors: list[torch.Tensor]) -> Layout:
 
 def stack_rows(tensors: list[torch.Tensor]) -> torch.Tensor:
     """[n, numel] copy of same-shape tensors, in float32 or float64 (call under no_grad)."""
-    rows = torch.stack(tensors).view(len(tensors), -1)
+    rows = torch.stack(tensors).reshape(len(tensors), -1)  # channels_last: a copy
     return rows if rows.dtype in _EXACT_DTYPES else rows.float()
 
 
 def row_norms(stacked: torch.Tensor) -> torch.Tensor:
     """L2 norm of each entry of a stack (of its rows), accumulated in float32 at least."""
-    rows = stacked.view(stacked.shape[0], -1)
+    rows = stacked.reshape(stacked.shape[0], -1)
     dtype = None if rows.dtype in _EXACT_DTYPES else torch.float32
     return torch.linalg.vector_norm(rows, dim=1, dtype=dtype)
 

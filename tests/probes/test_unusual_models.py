@@ -451,3 +451,115 @@ def test_functional_call_with_replacement_parameters_is_said_in_limitations():
     with probes.attach(model) as session:  # the module's own parameters: nothing to say
         model(x).sum().backward()
     assert not any("functional_call" in n for n in session.limitations)
+
+
+def _twins(build):
+    torch.manual_seed(0)
+    first = build()
+    torch.manual_seed(0)
+    return first, build()
+
+
+def _channels_last_cnn():
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+        nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(),  # same weight shape as the next: stacked rows
+        nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 2),
+    ).to(memory_format=torch.channels_last)
+
+
+def test_a_channels_last_cnn_is_measured_and_unharmed():
+    """channels_last maps and weights (the usual layout for fast CNN training) stack into
+    non-contiguous batches; the batched reductions must not assume a view is possible."""
+    plain, probed = _twins(_channels_last_cnn)
+    xs = [torch.randn(4, 3, 8, 8).to(memory_format=torch.channels_last) for _ in range(3)]
+    optimizers = [torch.optim.SGD(m.parameters(), lr=0.1, momentum=0.9) for m in (plain, probed)]
+    with probes.attach(probed) as session:
+        for x in xs:
+            for model, optimizer in zip((plain, probed), optimizers):
+                optimizer.zero_grad()
+                model(x).pow(2).mean().backward()
+                optimizer.step()
+        records = {r.name: r for r in session.collect()}
+    for a, b in zip(plain.parameters(), probed.parameters()):
+        assert torch.equal(a, b)
+    # the last forward's ReLU maps, recomputed: units are channels whatever the memory layout
+    with torch.no_grad():
+        relu = probed[2](probed[1](probed[0](xs[-1])))
+    assert records["2"].activation.units == 8
+    assert records["2"].activation.dead_fraction_last == pytest.approx(
+        1 - (relu > 0).any(0).any(-1).any(-1).double().mean().item()
+    )
+    assert len(records["3"].update_ratios) == 3 and records["3"].gradient.param_norm > 0
+    assert records["3"].weight.std == pytest.approx(probed[3].weight.double().std(correction=0).item(), rel=1e-6)
+
+
+def test_autocast_bfloat16_forwards_are_measured_and_unharmed():
+    plain, probed = _twins(lambda: nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 4), nn.Tanh()))
+    x = torch.randn(8, 16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        expected = plain(x)
+    expected.float().sum().backward()
+    with probes.attach(probed) as session:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = probed(x)
+        out.float().sum().backward()
+    records = session.collect()
+    assert out.dtype == torch.bfloat16 and torch.equal(out, expected)
+    for a, b in zip(plain.parameters(), probed.parameters()):
+        assert torch.equal(a.grad, b.grad)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        hidden = probed[0](x)
+    assert records[0].activation.mean == pytest.approx(hidden.double().mean().item(), rel=1e-5)
+    assert records[0].activation.std == pytest.approx(hidden.double().std(correction=0).item(), rel=1e-5)
+
+
+class _Generator(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Linear(4, 8), nn.Linear(8, 6)
+
+    def forward(self, z):
+        return torch.tanh(self.b(F.relu(self.a(z))))
+
+
+def test_two_models_probed_at_once_keep_their_records_apart():
+    """A GAN step, D(G(z)), with both models attached: each activation called as a function
+    belongs to the model whose forward called it, and is counted once."""
+    torch.manual_seed(0)
+    generator = _Generator()
+    discriminator = nn.Sequential(nn.Linear(6, 8), nn.LeakyReLU(0.2), nn.Linear(8, 1))
+    z = torch.randn(5, 4)
+    with probes.attach(generator) as g_session, probes.attach(discriminator) as d_session:
+        discriminator(generator(z)).sum().backward()
+        F.relu(z)  # outside both models: nobody's
+    g_records = {r.name: r for r in g_session.collect()}
+    d_records = {r.name: r for r in d_session.collect()}
+    assert sorted(g_records) == ["a", "b", "relu()", "tanh()"]
+    assert sorted(d_records) == ["0", "1", "2"]
+    assert all(r.calls == 1 for r in [*g_records.values(), *d_records.values()])
+    with torch.no_grad():
+        relu = F.relu(generator.a(z))
+    assert g_records["relu()"].activation.mean == pytest.approx(relu.double().mean().item(), rel=1e-6)
+    assert d_records["0"].gradient.output_rms > 0
+
+
+def test_a_users_hook_that_replaces_an_output_is_seen_through():
+    """A forward hook registered before attach that returns a new output: the model computes
+    with it, so that is what the layer is reported to output."""
+    plain, probed = _twins(lambda: nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 1)))
+    for model in (plain, probed):
+        model[0].register_forward_hook(lambda module, args, out: out * 2)
+    x = torch.randn(3, 4)
+    plain(x).sum().backward()
+    with probes.attach(probed) as session:
+        out = probed(x)
+        out.sum().backward()
+    records = session.collect()
+    assert torch.equal(out, plain(x))
+    for a, b in zip(plain.parameters(), probed.parameters()):
+        assert torch.equal(a.grad, b.grad)
+    with torch.no_grad():
+        replaced = probed[0](x)  # the hook doubles it here too
+    assert records[0].activation.mean == pytest.approx(replaced.double().mean().item(), rel=1e-6)
