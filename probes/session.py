@@ -178,7 +178,7 @@ class Session:
         # Bumped whenever something is measured: with every > 1, a collect() that finds it
         # unchanged returns the records of the previous one (nothing new was measured).
         self._generation = 0
-        self._collected: tuple | None = None  # (generation, update steps, reduce, records)
+        self._collected: tuple | None = None  # ((generation, update steps, reduce), records)
         self._states: dict[str, LayerState] = {}
         self._modules: dict[str, nn.Module] = {}
         self._params: list[_Param] = []
