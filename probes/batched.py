@@ -164,7 +164,7 @@ def _saturated_counts(flat: torch.Tensor, bounds) -> torch.Tensor:
 
 def _add_rows(table, group: list[tuple], columns: dict[int, torch.Tensor]) -> None:
     """Add per-row results into the device totals of each item's row (one index_add_)."""
-    index = torch.tensor([item[STATE].row.index for item in group], device=table.device)
+    index = table.index_of(tuple(item[STATE].row.index for item in group))
     contribution = torch.zeros((len(group), COLUMNS), dtype=torch.float64, device=table.device)
     for column, values in columns.items():
         contribution[:, column] = values

@@ -36,6 +36,10 @@ from probes.targets import DEAD_CAPABLE, SATURATION_BOUNDS
 SUM, SUM_SQ, SATURATED, NONFINITE, GRAD_SUM_SQ, GRAD_NONFINITE = range(6)
 COLUMNS = 6
 
+# Distinct row-index lists a table keeps on its device (`CallTable.index_of`): a model has a few
+# groups of same-shape layers; a cap keeps a model whose groups change every step bounded.
+MAX_ROW_INDICES = 1024
+
 
 @dataclass(slots=True)
 class CallTable:
@@ -52,6 +56,27 @@ class CallTable:
     cells: tuple[torch.Tensor, ...] = ()  # 0-dim views of scratch, one per column
     pair: torch.Tensor | None = None  # scratch[SUM:SUM_SQ + 1]
     rows: list["TableRow"] = field(default_factory=list)
+    # Device copies of the row-index lists that batched reductions add into (probes/batched.py).
+    row_indices: dict[tuple[int, ...], torch.Tensor] = field(default_factory=dict)
+
+    def index_of(self, rows: tuple[int, ...]) -> torch.Tensor:
+        """`rows` as an index tensor on the table's device, made once per distinct list.
+
+        A list copied from the host at each call is a synchronous copy from pageable memory
+        (the host waits for the GPU); the groups of a model are the same at every step, so
+        each list is copied once, from pinned memory, without waiting.
+        """
+        index = self.row_indices.get(rows)
+        if index is None:
+            if len(self.row_indices) >= MAX_ROW_INDICES:
+                self.row_indices.clear()  # group layouts that keep changing: stay bounded
+            host = torch.tensor(rows, dtype=torch.int64)
+            if self.device.type == "cuda":
+                index = host.pin_memory().to(self.device, non_blocking=True)
+            else:
+                index = host.to(self.device)
+            self.row_indices[rows] = index
+        return index
 
     def add_row(self) -> "TableRow":
         if self.scratch is None:

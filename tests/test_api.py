@@ -125,3 +125,17 @@ def test_an_internal_probe_error_in_the_training_run_is_reported_not_raised(monk
         report = diagnose.check(_mlp(), torch.randn(64, 16), steps=3)
     limitations = report.to_dict()["model"]["limitations"]
     assert any("simulated probe bug" in note for note in limitations)
+
+
+def test_weights_for_a_module_object_go_into_a_copy(tmp_path):
+    torch.manual_seed(0)
+    model, x = _mlp(), torch.randn(32, 16)
+    other = _mlp()
+    path = tmp_path / "other.pt"
+    torch.save(other.state_dict(), path)
+    before = copy.deepcopy(model.state_dict())
+    report = diagnose.check(model, x, weights=str(path))
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    # ...and the report describes the loaded weights, not the module's own
+    first = other.state_dict()["0.weight"]
+    assert report.to_dict()["layers"][0]["weight"]["std"] == pytest.approx(first.std(unbiased=False).item(), rel=1e-3)

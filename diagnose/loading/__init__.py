@@ -6,7 +6,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -39,13 +39,17 @@ def load_model(source: "str | Path | torch.nn.Module", *, weights: str | None = 
     from diagnose.loading.weights import apply_weights
 
     if isinstance(source, torch.nn.Module):
-        loaded = _wrap_module(source, device)
+        loaded = _wrap_module(source)
     elif isinstance(source, (str, Path)):
         loaded = _load_source(str(source), trust_pickle=trust_pickle, device=device)
     else:
         raise DiagnoseError(f"cannot load a {type(source).__name__} as a model; pass an nn.Module, "
                             "a model file, or a factory like pkg.module:build.")
     if weights is not None:
+        if loaded.module is source:  # the caller's own model: the weights go into a copy of it
+            from diagnose.cloning import clone_module
+
+            loaded = replace(loaded, module=clone_module(source))
         apply_weights(loaded.module, Path(weights), trust_pickle=trust_pickle, device=device)
     return loaded
 
@@ -84,9 +88,11 @@ def _load_source(source: str, *, trust_pickle: bool, device: str) -> LoadedModel
                        example_kwargs=None, dynamic_batch=False, input_specs=token_input_of(module))
 
 
-def _wrap_module(module: "torch.nn.Module", device: str) -> LoadedModel:
-    # nn.Module.to moves parameters in place and returns the same object: the caller's model, no copy.
-    return LoadedModel(module=module.to(device), format="module", source=type(module).__name__,
+def _wrap_module(module: "torch.nn.Module") -> LoadedModel:
+    # The caller's own model, left where it is: nn.Module.to would move its parameters in place
+    # (check(model, device="cuda") once left a CPU model on the GPU). The probes run on a working
+    # copy that diagnose/run.py moves to the device.
+    return LoadedModel(module=module, format="module", source=type(module).__name__,
                        example_args=None, example_kwargs=None, dynamic_batch=False,
                        input_specs=token_input_of(module))
 
