@@ -21,6 +21,10 @@ configuration (glibc's mmap threshold fixed, so freed tensors leave RSS), reset 
 /proc/self/clear_refs after warm-up (for the probed run: one probed step and collect); the
 delta is what the measured steps added above the warmed-up baseline. On CUDA the allocator's
 peak is used instead.
+
+The targets (W1-W3 <= 1.10, W4 <= 1.6) are for a 2-core CPU; with `--device cuda` the table
+leaves the ok/MISS column empty (on a GPU the probes' host work stands against a much shorter
+step: README, "Python API").
 """
 
 from __future__ import annotations
@@ -258,7 +262,12 @@ def main() -> None:
             probed = measure_memory(workload, args.device, True, args.steps)
             mem_plain, mem_probed = f"{plain['peak_mb']:.1f}", f"{probed['peak_mb']:.1f}"
             method = plain["method"]
-        verdict = "ok" if timing["ratio"] <= TARGETS[workload] else "MISS"
+        # The targets are those of the 2-core CPU this project is measured on (issue 3); on an
+        # accelerator the ratio is printed for reference, not judged against them.
+        if args.device != "cpu":
+            verdict = ""
+        else:
+            verdict = "ok" if timing["ratio"] <= TARGETS[workload] else "MISS"
         print(f"{workload:3} {DESCRIPTIONS[workload]:55} {timing['plain_ms']:9.2f} {timing['probed_ms']:9.2f} "
               f"{timing['ratio']:6.3f} {TARGETS[workload]:6.2f} {timing['mean_ratio']:6.3f} "
               f"{'' if timing['every_ratio'] is None else format(timing['every_ratio'], '.3f'):>11} "
