@@ -26,6 +26,10 @@ STACK_MAX = 16384
 
 _EXACT_DTYPES = (torch.float32, torch.float64)
 
+# Dense CPU tensors from this many elements are measured with a dot of their own (`_fused`);
+# 65536 = 256 KB in float32, where a tensor's pass outweighs the per-op cost a fused call saves.
+DOT_ABOVE = 65536
+
 
 @dataclass(frozen=True, slots=True)
 class Layout:
@@ -79,7 +83,8 @@ def norms(tensors: list[torch.Tensor], layout: Layout) -> torch.Tensor:
 
 def norm_of(tensor: torch.Tensor) -> torch.Tensor:
     """L2 norm of one tensor, dense or sparse (0-dim, float32 at least): of a sparse one, the
-    norm of its stored values once duplicates are summed (`_foreach_norm` has no sparse kernel)."""
+    norm of its stored values once duplicates are summed (`_foreach_norm` has no sparse kernel).
+    A non-contiguous dense tensor is copied by the reshape (a parameter's .grad rarely is one)."""
     with torch.no_grad():
         if tensor.layout != torch.strided:  # a sparse gradient (Embedding(sparse=True)): its values
             tensor = tensor.coalesce().values() if tensor.layout == torch.sparse_coo else tensor.values()
@@ -104,18 +109,31 @@ def _measure(tensors, layout: Layout, with_sums: bool):
         if layout.singles:
             singles = [_as_exact(tensors[i]) for i in layout.singles]
             device = singles[0].device
-            dense = [t for t in singles if t.layout == torch.strided]
-            if len(dense) == len(singles):
+            fused_ones = [t for t in singles if _fused(t)]
+            if len(fused_ones) == len(singles):
                 single_norms = torch._foreach_norm(singles)
-            else:  # sparse ones (no _foreach_norm kernel) on their own, the rest fused
-                fused = iter(torch._foreach_norm(dense)) if dense else iter(())
-                single_norms = [next(fused) if t.layout == torch.strided else norm_of(t) for t in singles]
+            else:  # sparse and large CPU tensors on their own, the rest fused
+                fused = iter(torch._foreach_norm(fused_ones)) if fused_ones else iter(())
+                single_norms = [next(fused) if _fused(t) else norm_of(t) for t in singles]
             norm_parts.append(torch.stack([n.to(device) for n in single_norms]))
             if with_sums:
                 sum_parts.append(torch.stack([t.sum().to(device) for t in singles]))
         result_norms = _cat_double(norm_parts)
         result_sums = _cat_double(sum_parts) if with_sums else None
     return result_sums, result_norms
+
+
+def _fused(tensor: torch.Tensor) -> bool:
+    """Measured by the one `_foreach_norm`, rather than on its own by `norm_of`.
+
+    Sparse tensors have no `_foreach_norm` kernel. Large dense ones on CPU are faster on their
+    own: there `_foreach_norm` runs `vector_norm` per tensor, which accumulates in float64 and
+    reads a cold 1 MB gradient at half the speed of a BLAS dot (the nine weight gradients of W1
+    in benchmarks/overhead.py: 0.52 ms against 0.24 ms a backward, 2 threads).
+    """
+    if tensor.layout != torch.strided:
+        return False
+    return tensor.device.type != "cpu" or tensor.numel() < DOT_ABOVE
 
 
 def _cat_double(parts: list[torch.Tensor]) -> torch.Tensor:

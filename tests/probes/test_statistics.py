@@ -505,3 +505,21 @@ def test_update_ratios_of_a_long_session_collected_once_at_the_end():
         assert len(session._updates.steps) < updates.ABSORB_EVERY
     record = by_name(session.collect())["0"]
     assert record.update_ratios == pytest.approx(expected, rel=1e-5)
+
+
+def test_parameter_gradient_norms_of_large_layers_match_float64_references():
+    """Gradients of DOT_ABOVE elements and more are measured with a float32 dot of their own
+    (probes/grouped.py): against a float64 reference they still agree to 1e-5."""
+    from probes import grouped
+
+    torch.manual_seed(11)
+    model = nn.Sequential(nn.Linear(600, 512), nn.ReLU(), nn.Linear(512, 300), nn.Tanh(), nn.Linear(300, 4))
+    assert model[0].weight.numel() >= grouped.DOT_ABOVE and model[2].weight.numel() >= grouped.DOT_ABOVE
+    x = torch.randn(64, 600) * 3
+    with probes.attach(model) as session:
+        model(x).pow(2).mean().backward()
+    records = by_name(session.collect())
+    for name in ("0", "2", "4"):
+        layer = model.get_submodule(name)
+        expected = math.sqrt(sum(p.grad.double().pow(2).sum().item() for p in layer.parameters()))
+        close(records[name].gradient.param_norm, expected, rel=1e-5)
