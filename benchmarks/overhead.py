@@ -6,8 +6,9 @@
 Time: each round runs `--steps` plain training steps (forward, backward, SGD step) and then the
 same number of steps with the model under `probes.attach` and `session.collect()` after every
 step, so both see the same machine load; attaching, the session's first step (where it finds
-the layers) and detaching happen outside the timed region, once per round. The table reports the median ms/step of each and their ratio (the
-target's measure), and the ratio of the means ("mean x"), which also counts rare pauses.
+the layers) and detaching happen outside the timed region, once per round. The table reports
+the median ms/step of each and their ratio (the target's measure), and the ratio of the means
+("mean x"), which also counts rare pauses.
 
 `--every K` (default 10) adds a third interleaved series, `probes.attach(model, every=K)` with
 `collect()` after every step, and prints its ratio of means to the plain step ("every=K x"):

@@ -83,8 +83,7 @@ def norms(tensors: list[torch.Tensor], layout: Layout) -> torch.Tensor:
 
 def norm_of(tensor: torch.Tensor) -> torch.Tensor:
     """L2 norm of one tensor, dense or sparse (0-dim, float32 at least): of a sparse one, the
-    norm of its stored values once duplicates are summed (`_foreach_norm` has no sparse kernel).
-    A non-contiguous dense tensor is copied by the reshape (a parameter's .grad rarely is one)."""
+    norm of its stored values once duplicates are summed (`_foreach_norm` has no sparse kernel)."""
     with torch.no_grad():
         if tensor.layout != torch.strided:  # a sparse gradient (Embedding(sparse=True)): its values
             tensor = tensor.coalesce().values() if tensor.layout == torch.sparse_coo else tensor.values()
@@ -109,12 +108,13 @@ def _measure(tensors, layout: Layout, with_sums: bool):
         if layout.singles:
             singles = [_as_exact(tensors[i]) for i in layout.singles]
             device = singles[0].device
-            fused_ones = [t for t in singles if _fused(t)]
-            if len(fused_ones) == len(singles):
+            in_foreach = [_fused(t) for t in singles]
+            if all(in_foreach):
                 single_norms = torch._foreach_norm(singles)
-            else:  # sparse and large CPU tensors on their own, the rest fused
+            else:  # sparse and large contiguous CPU tensors on their own, the rest fused
+                fused_ones = [t for t, fused in zip(singles, in_foreach) if fused]
                 fused = iter(torch._foreach_norm(fused_ones)) if fused_ones else iter(())
-                single_norms = [next(fused) if _fused(t) else norm_of(t) for t in singles]
+                single_norms = [next(fused) if f else norm_of(t) for t, f in zip(singles, in_foreach)]
             norm_parts.append(torch.stack([n.to(device) for n in single_norms]))
             if with_sums:
                 sum_parts.append(torch.stack([t.sum().to(device) for t in singles]))
@@ -129,11 +129,12 @@ def _fused(tensor: torch.Tensor) -> bool:
     Sparse tensors have no `_foreach_norm` kernel. Large dense ones on CPU are faster on their
     own: there `_foreach_norm` runs `vector_norm` per tensor, which accumulates in float64 and
     reads a cold 1 MB gradient at half the speed of a BLAS dot (the nine weight gradients of W1
-    in benchmarks/overhead.py: 0.52 ms against 0.24 ms a backward, 2 threads).
+    in benchmarks/overhead.py: 0.52 ms against 0.24 ms a backward, 2 threads). Only contiguous
+    ones: `norm_of` flattens with a reshape, which would copy a channels_last conv gradient.
     """
     if tensor.layout != torch.strided:
         return False
-    return tensor.device.type != "cpu" or tensor.numel() < DOT_ABOVE
+    return tensor.device.type != "cpu" or tensor.numel() < DOT_ABOVE or not tensor.is_contiguous()
 
 
 def _cat_double(parts: list[torch.Tensor]) -> torch.Tensor:

@@ -523,3 +523,22 @@ def test_parameter_gradient_norms_of_large_layers_match_float64_references():
         layer = model.get_submodule(name)
         expected = math.sqrt(sum(p.grad.double().pow(2).sum().item() for p in layer.parameters()))
         close(records[name].gradient.param_norm, expected, rel=1e-5)
+
+
+def test_large_channels_last_gradients_are_not_flattened_by_a_copy(monkeypatch):
+    """A channels_last conv gradient is not contiguous: it stays in `_foreach_norm` (which reads
+    it in place) instead of taking the dot path, whose reshape would copy it every backward."""
+    from probes import grouped
+
+    torch.manual_seed(12)
+    conv = nn.Conv2d(128, 64, 3).to(memory_format=torch.channels_last)  # 73728 weights
+    assert conv.weight.numel() >= grouped.DOT_ABOVE
+    took_dot = []
+    monkeypatch.setattr(grouped, "norm_of", lambda t: took_dot.append(t.shape) or t.norm())
+    x = torch.randn(2, 128, 6, 6).to(memory_format=torch.channels_last)
+    with probes.attach(conv) as session:
+        conv(x).pow(2).mean().backward()
+    assert not conv.weight.grad.is_contiguous()
+    assert took_dot == []
+    expected = math.sqrt(sum(p.grad.double().pow(2).sum().item() for p in conv.parameters()))
+    close(by_name(session.collect())[""].gradient.param_norm, expected, rel=1e-5)
