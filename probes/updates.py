@@ -242,8 +242,10 @@ class UpdateTracker:
                 weight_sq[layer] += norms[half + i] ** 2 * scales[i]
                 present[layer] = True
             for layer, name in enumerate(self.layer_names):
-                if present[layer]:
-                    ratio = math.sqrt(delta_sq[layer]) / max(math.sqrt(weight_sq[layer]), 1e-30)
+                # A ratio against a zero weight (a zero-initialised head or gate before its first
+                # step) is undefined, not huge: that step is left out of the layer's history.
+                if present[layer] and weight_sq[layer] > 0.0:
+                    ratio = math.sqrt(delta_sq[layer] / weight_sq[layer])
                     self.ratios[name].add(ratio)
         self.steps = []
 
