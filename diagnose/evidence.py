@@ -36,6 +36,35 @@ class InputStats:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class OutputStats:
+    """The model's prediction at initialisation, as the loss sees it (for output/loss mismatches).
+
+    `row_sum_error` is the largest |sum - 1| over the last axis (0 for softmax probabilities);
+    `zero_fraction` the share of exact zeros (a ReLU on the logits).
+    """
+
+    shape: tuple[int, ...]
+    min: float
+    max: float
+    row_sum_error: float
+    zero_fraction: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RecurrentFlow:
+    """Gradient over time in one recurrent module at initialisation (diagnose/recurrent.py).
+
+    `step_gradient_norms[t]` is ||dLoss/d(input at step t)|| over the batch, oldest step first.
+    """
+
+    name: str
+    type: str  # LSTM | GRU | RNN
+    steps: int
+    step_gradient_norms: tuple[float, ...]
+    forget_bias: float | None = None  # LSTM: mean b_ih + b_hh over the forget gate, first layer
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class ModelFacts:
     source: str
     format: str  # export | factory | torchscript | pickle | module
@@ -43,6 +72,7 @@ class ModelFacts:
     trainable_parameters: int
     layers: int
     limitations: tuple[str, ...] = ()  # probes that could not run on this model, in words
+    frozen_norms: int = 0  # batch-norm ops an export archive runs with running statistics (eval-mode export)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -74,4 +104,6 @@ class Evidence:
     loss: LossTrace | None = None
     inputs: tuple[InputStats, ...] = ()
     nonfinite_loss_step: int | None = None  # first step whose loss was NaN/Inf, if any
+    output: OutputStats | None = None  # the prediction at initialisation; None when not a float tensor
+    recurrent: tuple[RecurrentFlow, ...] = ()  # gradient over time, per recurrent module
     extra: dict[str, object] = field(default_factory=dict)

@@ -68,11 +68,11 @@ def recommend(findings: Iterable[Finding], evidence: Evidence) -> list[Finding]:
     """Attach ordered `FixSuggestion`s to each finding (findings keep their order)."""
     findings = list(findings)
     context = _context(evidence)
-    root = _root_cause(findings)
     result = []
     for finding in findings:
         choices = _deduplicate(_RULES.get(finding.id, _no_fix)(finding, context))
-        if root is not None and finding.id in _SYMPTOMS:
+        root = _root_cause(findings, finding.id) if finding.id in _SYMPTOMS else None
+        if root is not None:
             finding = replace(
                 finding,
                 message=f"{finding.message}; probably a consequence of {root.id}: fix that first",
@@ -84,16 +84,21 @@ def recommend(findings: Iterable[Finding], evidence: Evidence) -> list[Finding]:
 
 # A stalled loss or tiny updates say little of their own when the network is already broken in
 # a way that stops learning: the structural error is the cause, and the LR advice would mislead.
-_SYMPTOMS = frozenset({"loss-not-decreasing", "lr-too-low"})
+_SYMPTOMS = frozenset({"loss-not-decreasing", "lr-too-low", "lr-too-high"})
 _ROOT_CAUSES = (
-    "non-finite", "no-gradient", "dead-relu", "vanishing-gradients", "saturated-activations",
-    "activation-variance-collapse",
+    "eval-mode-export", "non-finite", "output-loss-mismatch", "no-gradient", "dead-relu", "vanishing-gradients",
+    "saturated-activations", "activation-variance-collapse",
 )
 
 
-def _root_cause(findings: Sequence[Finding]) -> Finding | None:
+# A diverging loss is the learning rate's fault unless the network already blows up at init.
+_CAUSES_OF_DIVERGENCE = ("non-finite", "output-loss-mismatch", "residual-stream-growth", "poor-initialization")
+
+
+def _root_cause(findings: Sequence[Finding], symptom: str = "") -> Finding | None:
     errors = {f.id: f for f in findings if f.severity is Severity.ERROR}
-    return next((errors[i] for i in _ROOT_CAUSES if i in errors), None)
+    causes = _CAUSES_OF_DIVERGENCE if symptom == "lr-too-high" else _ROOT_CAUSES
+    return next((errors[i] for i in causes if i in errors), None)
 
 
 def _context(evidence: Evidence) -> _Context:
@@ -350,6 +355,28 @@ def _variance(finding: Finding, context: _Context) -> list[_Choice]:
     return choices
 
 
+def _residual_growth(finding: Finding, context: _Context) -> list[_Choice]:
+    layers = list(finding.layers)
+    return [
+        _Choice("batch-norm", _target(context, layers),
+                "Each residual branch adds its variance to the stream and nothing resets it; a norm layer after "
+                "each conv (or a zero-initialised gain on each branch, as in Fixup and SkipInit) keeps the "
+                "stream at the scale of its input."),
+        _Choice("gradient-clipping", _target(context), "A stopgap while the growth is there: it bounds the first steps."),
+    ]
+
+
+def _recurrent_flow(finding: Finding, context: _Context) -> list[_Choice]:
+    choices = []
+    bias = finding.evidence.get("forget_bias")
+    if finding.evidence.get("type") == "LSTM":
+        why = (f"The forget-gate bias is {bias:.3g}: the cell state is multiplied by ~sigmoid({bias:.3g}) at every step."
+               if isinstance(bias, float) else "An LSTM remembers by default with a forget-gate bias of +1.")
+        choices.append(_Choice("fix-bias-init", _target(context, finding.layers, forget_gate=True), why))
+    choices.append(_Choice("gradient-clipping", _target(context), ""))
+    return choices
+
+
 def _poor_init(finding: Finding, context: _Context) -> list[_Choice]:
     return _init_choices(context, _weighted_of(context, finding))
 
@@ -448,9 +475,13 @@ _RULES = {
     "activation-variance-collapse": _variance,
     "activation-variance-explosion": _variance,
     "poor-initialization": _poor_init,
+    "residual-stream-growth": _residual_growth,
+    "recurrent-gradient-flow": _recurrent_flow,
     "selu-misconfigured": _selu,
     "non-finite": _non_finite,
     "no-gradient": _no_fix,  # a wiring bug: the finding's message says what to look for
+    "output-loss-mismatch": _no_fix,  # a line of forward to delete: the message says which
+    "eval-mode-export": _no_fix,  # re-export in train mode: the message says how
     "bad-initial-loss": _bad_initial_loss,
     "unnormalized-inputs": _unnormalized,
     "bottleneck-layer": _bottleneck,

@@ -17,11 +17,12 @@ import probes
 from diagnose.cloning import clone_module
 from diagnose.config import OPTIMIZERS, Settings
 from diagnose.errors import DiagnoseError, one_line
-from diagnose.evidence import Evidence, LossTrace, ModelFacts, RunInfo
+from diagnose.evidence import Evidence, LossTrace, ModelFacts, OutputStats, RunInfo
 from diagnose.loading import LoadedModel
 from diagnose.loading.inputs import Batch
 from diagnose.loading.loss import LossSpec, resolve_loss
 from diagnose.loading.outputs import extract_output
+from diagnose.recurrent import track_recurrent_gradients
 
 # Momentum 0.9 is the value the notes (and nearly every recipe) start from.
 MOMENTUM = 0.9
@@ -148,6 +149,8 @@ class Measurements:
     loss: LossTrace
     nonfinite_loss_step: int | None
     limitations: tuple[str, ...] = ()  # what the probes could not measure on this model
+    output: OutputStats | None = None
+    recurrent: tuple = ()
     # counted on the probed copy after its forward: a lazy module (LazyLinear) has sizes only then
     parameters: int = 0
     trainable_parameters: int = 0
@@ -158,10 +161,12 @@ def measure(module: nn.Module, workload: Workload) -> Measurements:
     with torch.random.fork_rng(devices=_rng_devices(workload.device)):
         torch.manual_seed(workload.seed)
         initial_model = working_copy(module, workload.device)
-        with probes.attach(initial_model) as session:
+        with probes.attach(initial_model) as session, track_recurrent_gradients(initial_model) as read_recurrent:
             output = _forward(initial_model, workload.batch)
             loss, spec = _loss_of(output, workload, None)
             _backward(loss)
+            recurrent = read_recurrent()
+        output_stats = describe_output(output)
         layers = tuple(session.collect())
         limitations = tuple(getattr(session, "limitations", ()))
         initial = float(loss.detach())
@@ -207,7 +212,27 @@ def measure(module: nn.Module, workload: Workload) -> Measurements:
     )
     return Measurements(
         layers=layers, run_layers=run_layers, loss=trace, nonfinite_loss_step=nonfinite_step,
-        limitations=limitations, parameters=parameters, trainable_parameters=trainable,
+        limitations=limitations, parameters=parameters, trainable_parameters=trainable, output=output_stats,
+        recurrent=recurrent,
+    )
+
+
+def describe_output(output) -> OutputStats | None:
+    """Range, row sums and zeros of the prediction: one host read of five numbers."""
+    try:
+        prediction, _ = extract_output(output)
+    except Exception:  # noqa: BLE001 - the loss already read it; an odd output just goes undescribed
+        return None
+    if not isinstance(prediction, torch.Tensor) or not prediction.is_floating_point() or prediction.numel() == 0:
+        return None
+    with torch.no_grad():
+        values = prediction.detach().float()
+        rows = values.reshape(-1, values.shape[-1]) if values.ndim >= 1 else values.reshape(1, 1)
+        stats = torch.stack([
+            values.min(), values.max(), (rows.sum(dim=-1) - 1.0).abs().max(), (values == 0).float().mean(),
+        ]).tolist()
+    return OutputStats(
+        shape=tuple(prediction.shape), min=stats[0], max=stats[1], row_sum_error=stats[2], zero_fraction=stats[3],
     )
 
 
@@ -235,6 +260,7 @@ def collect_evidence(loaded: LoadedModel, batch: Batch, settings: Settings) -> t
             parameters=measured.parameters,
             trainable_parameters=measured.trainable_parameters,
             layers=len(measured.layers),
+            frozen_norms=loaded.frozen_norms,
             # the loader's words first; the probes' own only where they add a new fact
             limitations=loaded.limitations + tuple(
                 note for note in measured.limitations if not any("TorchScript" in own for own in loaded.limitations)
@@ -257,5 +283,7 @@ def collect_evidence(loaded: LoadedModel, batch: Batch, settings: Settings) -> t
         loss=measured.loss,
         inputs=batch.stats,
         nonfinite_loss_step=measured.nonfinite_loss_step,
+        output=measured.output,
+        recurrent=measured.recurrent,
     )
     return evidence, workload

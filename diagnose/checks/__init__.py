@@ -17,13 +17,17 @@ from diagnose.checks import (
     bad_initial_loss,
     bottleneck_layer,
     dead_relu,
+    eval_mode_export,
     exploding_gradients,
     loss_not_decreasing,
     lr_too_high,
     lr_too_low,
     no_gradient,
     non_finite,
+    output_loss_mismatch,
     poor_initialization,
+    recurrent_gradient_flow,
+    residual_stream_growth,
     saturated_activations,
     selu_misconfigured,
     unnormalized_inputs,
@@ -41,7 +45,9 @@ E, W = Severity.ERROR, Severity.WARNING
 
 # One line per check, in report order. `severity` is the usual one; a check may report another.
 CHECKS: tuple[CheckSpec, ...] = (
+    CheckSpec("eval-mode-export", eval_mode_export, E, "an export archive made after .eval(): its batch norm never trains"),
     CheckSpec("non-finite", non_finite, E, "NaN or Inf in inputs, weights, activations, gradients or loss"),
+    CheckSpec("output-loss-mismatch", output_loss_mismatch, E, "softmax/sigmoid/tanh outputs fed to a loss that expects raw logits"),
     CheckSpec("no-gradient", no_gradient, E, "trainable parameters that receive no or all-zero gradient"),
     CheckSpec("vanishing-gradients", vanishing_gradients, E, "gradient shrinks by orders of magnitude toward the input"),
     CheckSpec("exploding-gradients", exploding_gradients, E, "gradient grows by orders of magnitude toward the input, or is huge"),
@@ -49,6 +55,8 @@ CHECKS: tuple[CheckSpec, ...] = (
     CheckSpec("saturated-activations", saturated_activations, W, "sigmoid/tanh-like outputs pinned at their bounds, derivative ~0"),
     CheckSpec("activation-variance-collapse", activation_variance_collapse, W, "activation variance shrinks layer after layer"),
     CheckSpec("activation-variance-explosion", activation_variance_explosion, W, "activation variance grows layer after layer"),
+    CheckSpec("recurrent-gradient-flow", recurrent_gradient_flow, E, "a recurrent layer's gradient does not reach back more than a few time steps"),
+    CheckSpec("residual-stream-growth", residual_stream_growth, E, "activations grow block after block along an un-normalised residual stream"),
     CheckSpec("poor-initialization", poor_initialization, W, "weight scale far from what the activation needs, and it shows"),
     CheckSpec("selu-misconfigured", selu_misconfigured, W, "SELU without LeCun init, plain dense stack or standardized inputs"),
     CheckSpec("bad-initial-loss", bad_initial_loss, W, "loss at initialization far from chance level (ln C)"),
@@ -141,8 +149,37 @@ def run_checks(
             kept = _apply_layer_ignores(finding, ignores)
             if kept is not None:
                 findings.append(kept)
+    findings = _withdraw_superseded(findings)
     findings.sort(key=lambda f: (-f.severity.rank, _ORDER.get(f.id, len(_ORDER))))
     return findings, tuple(spec.id for spec in specs)
+
+
+def _withdraw_superseded(findings: list[Finding]) -> list[Finding]:
+    """Drop the findings a finding declares meaningless (its module's `SUPERSEDES`), and say so.
+
+    An eval-mode export, for one, makes every gradient-flow and activation measurement describe a
+    graph the user does not train: reporting those as causes would misdiagnose.
+    """
+    withdrawn: dict[str, tuple[str, ...]] = {}
+    for finding in findings:
+        superseded = getattr(_BY_ID[finding.id].module, "SUPERSEDES", ()) if finding.id in _BY_ID else ()
+        if superseded:
+            withdrawn[finding.id] = tuple(superseded)
+    if not withdrawn:
+        return findings
+    dropped = {f.id for f in findings if any(f.id in ids for ids in withdrawn.values())}
+    kept = []
+    for finding in findings:
+        if finding.id in dropped:
+            continue
+        if finding.id in withdrawn and dropped:
+            finding = replace(
+                finding,
+                message=f"{finding.message} (withdrawn as unreliable here: {', '.join(sorted(dropped))})",
+                evidence={**finding.evidence, "withdrawn": ", ".join(sorted(dropped))},
+            )
+        kept.append(finding)
+    return kept
 
 
 def _apply_layer_ignores(finding: Finding, ignores: Mapping[str, tuple[str, ...]]) -> Finding | None:

@@ -73,15 +73,72 @@ def log_linear_change(values: Sequence[float]) -> float:
     return 10.0 ** (slope * (count - 1))
 
 
+def flow_gradient_norm(record: LayerRecord) -> float | None:
+    """The output-gradient norm that measures how much learning signal reaches `record`.
+
+    For a layer whose output feeds a normalisation layer, the raw norm is not a property of the
+    network but of the layer's weight scale: the norm divides its input by its std s, so
+    dLoss/d(output) carries a factor 1/s (double the weights, halve the gradient; the loss is
+    unchanged). What reaches such a layer is the gradient with respect to the normalised output,
+    which is the raw norm times s (exact for a norm without affine gain, up to the gain otherwise).
+    Without this, a batch-norm net's flow depends on each conv's init scale and on the input size.
+    """
+    norm = output_gradient_norm(record)
+    if norm is None:
+        return None
+    if record.weight is not None and record.weight.normalized:
+        std = record.activation.std
+        if not is_finite_positive(std):
+            return None
+        return norm * std
+    return norm
+
+
 def gradient_flow(layers: Iterable[LayerRecord]) -> tuple[list[LayerRecord], list[float]]:
-    """Weighted layers with a measured output gradient, and those gradient norms, input side first."""
+    """Weighted layers with a measured learning signal, and its norm (`flow_gradient_norm`), input side first."""
     chosen, norms = [], []
     for record in flow_layers(layers):
-        norm = output_gradient_norm(record)
+        norm = flow_gradient_norm(record)
         if norm is not None:
             chosen.append(record)
             norms.append(norm)
     return chosen, norms
+
+
+def trained_normally(evidence) -> tuple[bool, str]:
+    """Whether the short run shows training going well, and the loss change in words.
+
+    "Well": every loss finite, the best loss after the first step clearly below the initial one
+    (by `TRAINED_DROP` of it), the final loss not having given back more than half of the gain
+    (`GIVEN_BACK`), and, where chance level is known (cross-entropy: ln C), the best loss below
+    it: a loss that starts at 50 and falls to 40 for 1000 classes (chance 6.9) is not training
+    normally. A one-pass trend that training shrugs off is not an error.
+    """
+    loss = evidence.loss
+    if evidence.run.steps == 0 or loss is None or len(loss.history) < 2:
+        return False, ""
+    history = loss.history
+    if not all(math.isfinite(v) for v in history) or evidence.nonfinite_loss_step is not None:
+        return False, ""
+    initial, best, final = history[0], min(history[1:]), history[-1]
+    words = f"loss {initial:.3g} -> {final:.3g} in {len(history)} steps"
+    if initial <= 0 or best > initial * (1 - TRAINED_DROP):
+        return False, words
+    if final - best > GIVEN_BACK * (initial - best):
+        return False, words
+    if loss.expected_initial and best > loss.expected_initial:
+        # Down from far above chance but still above it: falling off a cliff it should not be on.
+        return False, words
+    return True, words
+
+
+# The short run "trains" when its best loss is at least 10 % below the initial one: 20 plain-SGD
+# steps on one fixed batch take a healthy net's loss down by 30-99 % (docs/calibration.md), a
+# stuck one by well under 10 %.
+TRAINED_DROP = 0.1
+# A run that ends having given back more than half of what it gained is bouncing, not training.
+# (A ratio to the best loss would call 2e-5 after a best of 1e-6 a spike.)
+GIVEN_BACK = 0.5
 
 
 def plain_runs(layers: Iterable[LayerRecord]) -> list[list[LayerRecord]]:
@@ -155,6 +212,14 @@ def units_dim_samples(record: LayerRecord) -> int | None:
     if count is None or not units:
         return None
     return count // units
+
+
+def zero_weight_layers(layers: Iterable[LayerRecord]) -> list[str]:
+    """Layers whose main weight is exactly zero at initialisation (zero-initialised heads and gates)."""
+    return [
+        r.name for r in by_index(layers)
+        if r.weight is not None and r.weight.std == 0.0 and r.weight.mean == 0.0
+    ]
 
 
 def fmt_ratio(value: float) -> str:

@@ -19,6 +19,15 @@ also reads the share dead in the run's last step. The check fires at
 and reports an error from `dead_fraction_error` (0.9). Batches with fewer than `min_samples` samples
 per unit are skipped: a healthy unit is zero on a few samples by chance.
 
+Half the units can be "dead" by structure alone. A ReLU whose inputs are all non-negative and
+alike from sample to sample (after another ReLU and a global pool: squeeze-excite gates, SqueezeNet's
+squeeze layers, VGG's classifier) gives every sample the same sign pattern, so at a zero-mean init
+each unit is off for the whole batch with probability 1/2. A layer therefore counts as dead only
+when its dead share also exceeds 1/2 by 2.5 binomial standard deviations (0.5 + 1.25/sqrt(units):
+all of 8 units, 66 % of 64, 52 % of 4096). Units that die during the run must add at least a
+quarter of the layer to the share dead at initialisation: a share that wobbles from step to step
+around its initial value lost nothing.
+
 ## Example
 A ReLU MLP whose `Linear` biases are set to -10: every hidden unit is dead at initialisation.
 
@@ -57,6 +66,31 @@ DEAD_FRACTION_ERROR = 0.9
 # that chance is 0.4 %, small enough not to inflate the dead share.
 MIN_SAMPLES = 8
 
+# Units that fired at initialisation and are dead at the end: at least a quarter of the layer must
+# have died for the run to be the cause. A layer whose dead share only wobbles around its initial
+# value from step to step (VGG-11's classifier: 44 % at init, 55 % in the last step) lost nothing.
+DIED_DURING_RUN = 0.25
+# How far above a fair coin the dead count must be (in standard deviations) to be more than the
+# structure explains; see `dead_bar`.
+MARGIN_SIGMAS = 2.5
+
+
+def dead_bar(fraction: float, units: int | None) -> float:
+    """The dead share a layer of `units` units must reach to be dead beyond its structure.
+
+    A ReLU fed non-negative, strongly correlated inputs (after another ReLU and a global pool, as
+    in squeeze-excite gates, SqueezeNet's squeeze layers or VGG's classifier) gives every sample
+    the same sign pattern, so at a zero-mean init each unit is dead for the whole batch with
+    probability 1/2: half the units "dead" on the batch is structure, not death. The bar is
+    therefore that 1/2 plus `MARGIN_SIGMAS` binomial standard deviations, and never below
+    `fraction`: a layer of 8 units needs all 8 dead, one of 4096 units 52 %. Truly dead layers
+    (a bias of -10, a learning rate that kills units) sit at 90-100 %.
+    """
+    if not units:
+        return fraction
+    return max(fraction, 0.5 + MARGIN_SIGMAS * 0.5 / units ** 0.5)
+
+
 THRESHOLDS: dict[str, float] = {
     "dead_fraction": DEAD_FRACTION,
     "dead_fraction_error": DEAD_FRACTION_ERROR,
@@ -76,11 +110,12 @@ def check(evidence: Evidence, thresholds: Mapping[str, float]) -> list[Finding]:
         run_record = run_by_name.get(record.name)
         over_run = run_record.activation.dead_fraction if run_record is not None else None
         at_end = run_record.activation.dead_fraction_last if run_record is not None else None
-        if at_init is not None and at_init >= thresholds["dead_fraction"]:
+        bar = dead_bar(thresholds["dead_fraction"], record.activation.units)
+        if at_init is not None and at_init >= bar:
             dead.append((record.name, at_init, "init"))
-        elif over_run is not None and over_run >= thresholds["dead_fraction"]:
+        elif over_run is not None and over_run >= bar:
             dead.append((record.name, over_run, "run"))
-        elif at_end is not None and at_end >= thresholds["dead_fraction"]:
+        elif at_end is not None and at_end >= bar and at_end - (at_init or 0.0) >= DIED_DURING_RUN:
             dead.append((record.name, at_end, "died"))
     if not dead:
         return []

@@ -16,6 +16,18 @@ layer at initialisation, with a log-linear fit over execution order. It fires wh
 first/last change and the plain first/last ratio exceed `ratio` (default 70, AUTOTRAINER's beta_3),
 or when any layer's parameter-gradient RMS exceeds `huge_rms` (1e6, TheDeepChecker's bound).
 
+A layer whose output feeds a normalisation layer is measured by the gradient with respect to the
+normalised output (its raw output gradient times its output std): the raw one scales as one over
+the layer's weight scale, so batch-norm nets would show a trend made of init constants and of the
+input size (ResNet-50's raw first/last ratio: 214 at 64x64, 70 at 224x224).
+
+The short run (`--steps` > 0, the CLI default) then judges the harm. When every loss stays finite,
+the best loss falls at least 10 % below the initial one (and below chance, ln C, for
+cross-entropy) and the final loss has not given back more than half of that gain, the network
+trains despite the trend (residual nets whose branches add up their gradients do
+this): the finding is an `info`. Otherwise, or without a run, it is an error: a network whose
+gradients explode will not train as configured.
+
 ## Example
 Ten `Linear(32, 32)` + `ReLU` layers initialised at 3x the He std: the gradient at the first layer
 is ~5e4x the one at the head.
@@ -38,9 +50,10 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
-from diagnose.checks._signal import flow_layers
+from diagnose.checks._signal import flow_layers, trained_normally
 from diagnose.checks._trends import at_or_above, gradient_trend_finding
 from diagnose.findings import Finding
 from diagnose.severity import Severity
@@ -66,6 +79,14 @@ def check(evidence: Evidence, thresholds: Mapping[str, float]) -> list[Finding]:
         fires=at_or_above,
     )
     if finding is not None:
+        trained, words = trained_normally(evidence)
+        if trained:
+            # The short run is the judge of harm: a trend that training shrugs off is a fact, not a fault.
+            return [replace(
+                finding, severity=Severity.INFO, title="Gradients grow toward the input, and training copes",
+                message=f"{finding.message}, but the short run trained normally ({words})",
+                evidence={**finding.evidence, "short_run_trained": True},
+            )]
         return [finding]
     huge = [
         r for r in flow_layers(evidence.layers)

@@ -14,7 +14,16 @@ Needs `--steps` > 0. Error: a non-finite loss at some step after the first (a lo
 already NaN at initialisation is `non-finite`'s finding), or a final loss at least
 `divergence` (2x, TheDeepChecker's bound) times the lowest loss seen and above the initial one.
 Warning: the largest mean update ratio ||dW||/||W|| over linear/conv/recurrent/attention layers
-above `update_ratio` (0.1, the upper bound of DeepDiagnosis and TheDeepChecker).
+above `update_ratio` (0.1, the upper bound of DeepDiagnosis and TheDeepChecker). Layers whose
+output feeds a normalisation layer are left out of the warning: their weights are scale-invariant,
+so a large relative step grows the weight norm and shrinks the next step by itself (Arora, Li &
+Lyu 2019), and the recipes of batch-norm nets run at update ratios above 0.1 in their first steps.
+So are layers whose weights start at exactly zero (a zero-initialised head): their norm grows from
+nothing, and a ratio against it is large by construction.
+A diverging loss is judged for every network alike.
+
+Severity: error when the loss diverges or turns NaN (the network will not train as configured);
+warning for large update ratios alone (it trains, worse than it should).
 
 ## Example
 An MLP trained with SGD at lr=10: the loss goes to NaN within a few steps.
@@ -26,6 +35,7 @@ An MLP trained with SGD at lr=10: the loss goes to NaN within a few steps.
 `divergence`, `update_ratio`.
 
 ## References
+- Arora, Li & Lyu, "Theoretical Analysis of Auto Rate-Tuning by Batch Normalization", ICLR 2019.
 - Ben Braiek & Khomh, "TheDeepChecker", TOSEM 2022 (diverging loss >= 2x the minimum; update
   log10 in [-4, -1]).
 - Wardat et al., "DeepDiagnosis", ICSE 2022 (effective LR ratio > 1e-1).
@@ -38,7 +48,7 @@ import math
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
-from diagnose.checks._signal import update_ratios
+from diagnose.checks._signal import update_ratios, zero_weight_layers
 from diagnose.findings import Finding
 from diagnose.severity import Severity
 
@@ -81,7 +91,16 @@ def check(evidence: Evidence, thresholds: Mapping[str, float]) -> list[Finding]:
                          f"(best {best:.3g}; {run.optimizer}, lr={run.lr:g})"),
                 evidence={**numbers, "initial_loss": initial, "final_loss": final, "best_loss": best},
             )]
-    ratios = update_ratios(evidence.run_layers)
+    # Weights that feed a normalisation layer are scale-invariant: the loss does not change when
+    # they are scaled, their gradient is orthogonal to them and shrinks as 1/||W||, so a large step
+    # grows ||W|| and shrinks the next relative step (Arora et al. 2019, "auto rate-tuning"). Their
+    # update ratio says nothing about the LR being too high; ResNets train at lr 0.1 with ratios ~0.3.
+    # A layer that starts at zero (a zero-initialised head or gate) has no scale of its own yet: its
+    # first steps grow it from nothing, and a ratio against that young norm is large by construction.
+    from_zero = set(zero_weight_layers(evidence.layers))
+    ratios = [
+        (r, v) for r, v in update_ratios(evidence.run_layers) if not _scale_invariant(r) and r.name not in from_zero
+    ]
     high = [(r, v) for r, v in ratios if v > thresholds["update_ratio"]]
     if not high:
         return []
@@ -93,3 +112,7 @@ def check(evidence: Evidence, thresholds: Mapping[str, float]) -> list[Finding]:
         layers=tuple(r.name for r, _ in high),
         evidence={**numbers, "max_update_ratio": value},
     )]
+
+
+def _scale_invariant(record) -> bool:
+    return record.weight is not None and record.weight.normalized

@@ -17,6 +17,18 @@ left to other checks: the bias of a layer that feeds a normalisation layer (norm
 the mean, so that bias is merely redundant), and layers that are connected to the loss but whose
 gradient is zeroed by units that are dead for every sample (`dead-relu` reports those).
 
+With a short run (`--steps` > 0, the CLI default), a parameter is judged on the whole run: one
+that gets a gradient after the first update is not cut off. That is the mark of a deliberately
+zero-initialised gate (a zero classifier head as in ViT and MLP-Mixer, a zero last-γ in each
+residual branch as in Goyal et al. 2017 and timm's `zero_init_last`, a zero residual gain as in
+SkipInit/NF-Nets): everything upstream of a zero gate gets an exactly-zero gradient on the first
+pass only. Those are reported as an `info` naming the zero-initialised layers, not as an error.
+Without a run the init pass is all there is, and the error stands.
+
+Severity: error (the parameters will never train as configured); info for a zero gate, and info
+when the layers cut off hold under 1 % of the trainable parameters and the short run trains
+normally (an attention-bias table over a stage that sees a single token at this input size).
+
 ## Example
 An encoder whose output is `.detach()`-ed before the head, or a side `Linear` whose result is
 thrown away.
@@ -38,7 +50,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
-from diagnose.checks._signal import by_index
+from diagnose.checks._signal import by_index, trained_normally, zero_weight_layers
 from diagnose.findings import Finding
 from diagnose.severity import Severity
 
@@ -51,6 +63,9 @@ THRESHOLDS: dict[str, float] = {}
 
 # A layer in which every unit is dead blocks all gradient below it: that zero is dead-relu's finding.
 FULLY_DEAD = 0.99
+# Layers holding under 1 % of the trainable parameters, in a network whose short run trains, are a
+# sliver: reported as info. A detached encoder or an unused branch is far more than that.
+SLIVER = 0.01
 
 
 def _missing(record, explained_by_dead_units: bool) -> tuple[str, ...]:
@@ -70,22 +85,89 @@ def check(evidence: Evidence, thresholds: Mapping[str, float]) -> list[Finding]:
     affected = [(r, names) for r, names in affected if names]
     if not affected:
         return []
-    count = sum(len(names) for _, names in affected)
-    first, names = affected[0]
-    return [
-        Finding(
+    cut_off, gated = _split_by_run(evidence, affected)
+    findings = []
+    if cut_off:
+        count = sum(len(names) for _, names in cut_off)
+        first, names = cut_off[0]
+        findings.append(Finding(
             id=ID,
-            severity=Severity.ERROR,
+            severity=_severity(evidence, cut_off),
             title="Trainable parameters get no gradient",
             message=(
-                f"{count} trainable parameter tensors in {len(affected)} layers get no gradient "
-                f"(first: {first.name}.{names[0]}); is the layer's output detached or unused?"
+                f"{count} trainable parameter tensors in {len(cut_off)} layers get no gradient "
+                f"(first: {first.name}.{names[0]})"
+                + (f", at initialisation and over all {evidence.run.steps} steps of the short run"
+                   if evidence.run_layers else "")
+                + "; is the layer's output detached or unused?"
             ),
-            layers=tuple(r.name for r, _ in affected),
+            layers=tuple(r.name for r, _ in cut_off),
             evidence={
                 "parameters_without_gradient": count,
-                "layers_without_gradient": len(affected),
+                "layers_without_gradient": len(cut_off),
                 "first": f"{first.name}.{names[0]}",
             },
-        )
-    ]
+        ))
+    if gated:
+        gates = zero_weight_layers(evidence.layers)
+        named = f"zero-initialised {_listing(gates)}" if gates else "a zero-initialised gate (a zero γ or gain)"
+        findings.append(Finding(
+            id=ID,
+            severity=Severity.INFO,
+            title="A zero-initialised gate holds back the first gradient",
+            message=(
+                f"{sum(len(n) for _, n in gated)} parameter tensors in {len(gated)} layers get an exactly-zero "
+                f"gradient at initialisation and a nonzero one after the first update: {named} "
+                "passes no gradient until it has been updated once (a deliberate design)"
+            ),
+            layers=tuple(r.name for r, _ in gated),
+            evidence={
+                "parameters_gated": sum(len(n) for _, n in gated),
+                "layers_gated": len(gated),
+                "zero_initialised_layers": ", ".join(gates),
+            },
+        ))
+    return findings
+
+
+def _severity(evidence: Evidence, cut_off) -> Severity:
+    """Error, unless the short run trains and the parameters cut off are a sliver of the model.
+
+    A handful of small tensors that never get a gradient (an attention-bias table over a stage that
+    attends to a single token at this input size) do not stop a network that trains from training.
+    """
+    trained, _ = trained_normally(evidence)
+    share = _share_of_parameters(evidence, cut_off)
+    if trained and share is not None and share < SLIVER:
+        return Severity.INFO
+    return Severity.ERROR
+
+
+def _share_of_parameters(evidence: Evidence, cut_off) -> float | None:
+    """Upper bound on the share of trainable parameters cut off: whole layers counted."""
+    total = evidence.model.trainable_parameters
+    if not total:
+        return None
+    return sum(r.trainable_parameters for r, _ in cut_off) / total
+
+
+def _split_by_run(evidence: Evidence, affected):
+    """(still without gradient over the run, gradient after the first update); all the first without a run."""
+    if not evidence.run_layers:
+        return affected, []
+    over_run = {r.name: set(r.params_without_gradient) for r in evidence.run_layers}
+    cut_off, gated = [], []
+    for record, names in affected:
+        never = over_run.get(record.name)
+        still = tuple(n for n in names if never is None or n in never)
+        if still:
+            cut_off.append((record, still))
+        if len(still) < len(names):
+            gated.append((record, tuple(n for n in names if n not in still)))
+    return cut_off, gated
+
+
+def _listing(names: list[str], shown: int = 3) -> str:
+    if len(names) <= shown:
+        return ", ".join(names)
+    return f"{', '.join(names[:shown])} and {len(names) - shown} more"

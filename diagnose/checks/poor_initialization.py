@@ -19,8 +19,21 @@ For each plain run (see `activation-variance-collapse`), the layers that neither
 frozen are compared with their expected std. A layer is too small below 1/`tolerance` of it and too
 large above `tolerance` (default 1.25). The check fires when the run has at least `min_layers` such
 layers, at least `share` (0.75) of them are off in the same direction, and across the run the output
-std or the output-gradient norm changes by `signal_change` (100x) in the matching direction, or
+std or the output-gradient norm changes by `signal_change` (1000x) in the matching direction, or
 (too large only) the activations after the run are saturated.
+
+Networks that normalise before each block (transformers) have no plain runs: their linear layers
+read a norm layer's unit-scale output. There the check reads each such layer's forward gain
+(output std / input std) and its weight std against 1/sqrt(fan_in), the variance-preserving scale.
+It fires when at least `share` of them (and `min_layers` at least) amplify by `normalised_gain`
+(4x) or more with weights 4x or more that scale, and it shows: an initial loss at least twice
+chance, or a short run that does not train. Healthy recipes sit at gains of 0.3-1.5 (GPT-2, BERT,
+T5, Llama, ViT); GPT-2 built with `initializer_range=1.0` sits at 16x.
+
+The short run judges severity: when it trains normally (the loss falls at least 10 % and below
+chance), the finding is an `info`: the scale is off, and training copes (AlexNet at PyTorch's
+default init). Otherwise a warning for plain stacks; an error for normalised-input layers whose run
+does not train (the network will not train as configured).
 
 ## Example
 `nn.Sequential` of 30 `Linear(32, 32)` + `ReLU` initialised with `xavier_normal_`: every layer has
@@ -31,7 +44,7 @@ std or the output-gradient norm changes by `signal_change` (100x) in the matchin
 re-initialises exactly the flagged layers.
 
 ## Options
-`tolerance`, `share`, `min_layers`, `signal_change`, `saturated_fraction`.
+`tolerance`, `share`, `min_layers`, `signal_change`, `saturated_fraction`, `normalised_gain`.
 
 ## References
 - Glorot & Bengio, 2010; He et al., 2015; Klambauer et al., "Self-Normalizing Neural Networks", 2017.
@@ -40,10 +53,14 @@ re-initialises exactly the flagged layers.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
-from diagnose.checks._signal import activation_trend, fmt_ratio, output_gradient_norm, plain_runs
+from diagnose.checks._signal import (
+    activation_trend, by_index, fmt_ratio, output_gradient_norm, plain_runs, trained_normally,
+)
 from diagnose.findings import Finding
 from diagnose.severity import Severity
 
@@ -59,11 +76,19 @@ TOLERANCE = 1.25
 # Most of the run must be off the same way for the errors to compound.
 SHARE = 0.75
 MIN_LAYERS = 3
-# Two orders of magnitude across the run: the effect that makes training fail. A 3-layer default
-# init ReLU MLP changes ~6x and trains fine; 30 ReLU layers with Xavier change ~1e5x.
-SIGNAL_CHANGE = 100.0
+# Three orders of magnitude across the run (vanishing-gradients' and AUTOTRAINER's bar): the effect
+# that makes training fail. A 3-layer default-init ReLU MLP changes ~6x and trains fine; AlexNet at
+# PyTorch's default init (0.41x He) changes ~250x over its 8 layers and trains, where He init makes
+# it diverge at lr 0.01 (docs/calibration.md); 30 ReLU layers with Xavier change ~1e5x.
+SIGNAL_CHANGE = 1000.0
 # Same bar as saturated-activations: half the outputs flat is the visible effect of too-large weights.
 SATURATED_FRACTION = 0.5
+# Layers reading a norm layer's output: a variance-preserving init gives a forward gain ~1 and the
+# transformer recipes ~0.3-0.6; 4x is past any recipe (He for GELU: 1.4x) and short of the blow-up
+# (GPT-2 with initializer_range=1.0: 16x).
+NORMALISED_GAIN = 4.0
+# Twice chance: logits far too confident at init (the effect bad-initial-loss reports).
+INITIAL_LOSS_FACTOR = 2.0
 
 THRESHOLDS: dict[str, float] = {
     "tolerance": TOLERANCE,
@@ -71,6 +96,7 @@ THRESHOLDS: dict[str, float] = {
     "min_layers": MIN_LAYERS,
     "signal_change": SIGNAL_CHANGE,
     "saturated_fraction": SATURATED_FRACTION,
+    "normalised_gain": NORMALISED_GAIN,
 }
 
 
@@ -80,7 +106,111 @@ def check(evidence: Evidence, thresholds: Mapping[str, float]) -> list[Finding]:
         finding = _judge_run(evidence, run, thresholds)
         if finding is not None:
             findings.append(finding)
+    finding = _judge_normalised_inputs(evidence, thresholds)
+    if finding is not None:
+        findings.append(finding)
+    if findings:
+        trained, words = trained_normally(evidence)
+        if trained:
+            # Off-scale weights whose effect the short run shrugs off (AlexNet at PyTorch's default
+            # init: the signal shrinks ~100x over 8 layers, and it trains): a fact, not a fault.
+            findings = [
+                replace(f, severity=Severity.INFO, message=f"{f.message}; the short run still trained ({words})")
+                for f in findings
+            ]
     return findings
+
+
+def reading_normalised_input(layers) -> list[tuple[LayerRecord, float]]:
+    """(layer, forward gain) of trainable linear layers whose input is a norm layer's output.
+
+    The gain is output std / input std. A norm layer hands its reader unit-scale features, so a
+    variance-preserving weight (std 1/sqrt(fan_in)) gives a gain near 1 whatever follows; the
+    transformer recipes stay under it (GPT-2/BERT N(0, 0.02): ~0.3-0.6).
+    """
+    by_name = {r.name: r for r in layers}
+    chosen = []
+    for record in by_index(layers):
+        if record.kind != "linear" or record.trainable_parameters == 0 or record.weight is None:
+            continue
+        source = by_name.get(record.input_from or "")
+        if source is None or source.kind != "norm":
+            continue
+        out_std, in_std = record.activation.std, source.activation.std
+        if out_std is None or in_std is None or not (math.isfinite(out_std) and math.isfinite(in_std)) or in_std <= 0:
+            continue
+        chosen.append((record, out_std / in_std))
+    return chosen
+
+
+def _judge_normalised_inputs(evidence: Evidence, thresholds: Mapping[str, float]) -> Finding | None:
+    """Transformer-style nets: weights read normalised features, so judge their gain, not a chain.
+
+    A norm layer before each branch resets the stream's scale, so no plain run exists and the
+    chain rule above never sees these layers. What a too-large init does here is make every
+    layer amplify its unit-scale input many times over: attention logits and MLP outputs blow
+    up, and the residual stream with them.
+    """
+    readers = reading_normalised_input(evidence.layers)
+    if len(readers) < thresholds["min_layers"]:
+        return None
+    gain_limit = thresholds["normalised_gain"]
+    loud = [
+        (r, g) for r, g in readers
+        if g >= gain_limit and r.weight.expected_std and r.weight.std >= gain_limit * _variance_preserving_std(r)
+    ]
+    if len(loud) < thresholds["share"] * len(readers):
+        return None
+    effect = _normalised_effect(evidence)
+    if effect is None:
+        return None
+    gains = sorted(g for _, g in loud)
+    typical = gains[len(gains) // 2]
+    example = max(loud, key=lambda item: item[1])[0]
+    preserving = _variance_preserving_std(example)
+    return Finding(
+        id=ID,
+        severity=Severity.WARNING if trained_normally(evidence)[0] else Severity.ERROR,
+        title="Weights are initialised far too large for their normalised inputs",
+        message=(
+            f"{len(loud)} of {len(readers)} layers that read a norm layer's output amplify it ~{typical:.2g}x "
+            f"(e.g. {example.name}: weight std {example.weight.std:.3g}, where 1/sqrt(fan_in) = {preserving:.3g}); "
+            f"{effect[2]}; initialise them with std ~0.02 (the GPT-2/BERT recipe) or 1/sqrt(fan_in)"
+        ),
+        layers=tuple(r.name for r, _ in loud),
+        evidence={
+            "median_gain": typical,
+            "layers_off": len(loud),
+            "layers_judged": len(readers),
+            "direction": "large",
+            "scheme": "lecun",
+            "effect": effect[0],
+            "effect_value": effect[1],
+            f"{example.name}.std": example.weight.std,
+            f"{example.name}.expected_std": preserving,
+        },
+    )
+
+
+def _variance_preserving_std(record: LayerRecord) -> float:
+    fan_in = record.weight.fan_in
+    if fan_in:
+        return 1.0 / math.sqrt(fan_in)
+    return record.weight.expected_std or 0.0
+
+
+def _normalised_effect(evidence: Evidence) -> tuple[str, float, str] | None:
+    """What the over-amplification does to training: a loss far above chance, or a run that fails."""
+    loss = evidence.loss
+    if loss is not None and loss.initial is not None and loss.expected_initial and math.isfinite(loss.initial):
+        if loss.initial >= INITIAL_LOSS_FACTOR * loss.expected_initial:
+            return ("initial_loss", loss.initial,
+                    f"the initial loss is {loss.initial:.3g} against {loss.expected_initial:.3g} at chance")
+    trained, words = trained_normally(evidence)
+    if evidence.run.steps > 0 and not trained:
+        return "short_run_trained", 0.0, f"the short run does not train ({words or 'loss not finite'})"
+    return None
+
 
 
 def _judge_run(evidence: Evidence, run: list[LayerRecord], thresholds: Mapping[str, float]) -> Finding | None:

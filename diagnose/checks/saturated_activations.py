@@ -15,7 +15,14 @@ The probes measure, per bounded activation output, the share of values in the fl
 (sigmoid / hardsigmoid below 0.01 or above 0.99, tanh / softsign beyond +-0.99, hardtanh at its
 bounds). The check fires from `saturated_fraction` (0.5, as SageMaker Debugger and TheDeepChecker)
 at initialisation or over the short run, and reports an error from `saturated_fraction_error`
-(0.9). A `tanh()` called inside an activation module (the tanh approximation of GELU) is not judged
+(0.9). Saturated layers compound: a gradient reaches the layers below them only through units that
+are unsaturated in each, about the product of the layers' unsaturated shares. Every bounded
+activation with at least 10 % saturated counts toward it, and several such layers are an error
+when that product falls to 1 - `saturated_fraction_error` (twelve sigmoid layers with N(0, 1)
+weights, 35-55 % saturated each, leave ~1e-3 of the paths open), as one 90 %-saturated layer is.
+
+Severity: error when the saturation shuts (nearly) every gradient path (the layers below will not
+train); warning otherwise (training is slowed). A `tanh()` called inside an activation module (the tanh approximation of GELU) is not judged
 on its own.
 
 ## Example
@@ -37,6 +44,7 @@ when biases push the units to the bounds, `normalize-inputs` when real inputs ar
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
@@ -53,6 +61,9 @@ ID = "saturated-activations"
 SATURATED_FRACTION = 0.5
 # Nine in ten outputs flat: the layer passes back almost no gradient at all.
 SATURATED_FRACTION_ERROR = 0.9
+# Layers below the per-layer bar still count toward the compounded share from this much: a healthy
+# tanh/Glorot stack has ~0 % saturated per layer, so 10 % is already a mis-scaled layer.
+COMPOUNDING = 0.1
 
 THRESHOLDS: dict[str, float] = {
     "saturated_fraction": SATURATED_FRACTION,
@@ -64,6 +75,7 @@ def check(evidence: Evidence, thresholds: Mapping[str, float]) -> list[Finding]:
     layers = by_index(evidence.layers)
     run_by_name = {r.name: r for r in evidence.run_layers}
     saturated: list[tuple[str, float, str, str | None]] = []
+    partly: list[tuple[str, float, str, str | None]] = []  # under the per-layer bar, still compounding
     for record in layers:
         if owner_is_activation(layers, record):
             continue
@@ -74,22 +86,39 @@ def check(evidence: Evidence, thresholds: Mapping[str, float]) -> list[Finding]:
             saturated.append((record.name, at_init, "init", record.activation_kind))
         elif over_run is not None and over_run >= thresholds["saturated_fraction"]:
             saturated.append((record.name, over_run, "run", record.activation_kind))
-    if not saturated:
+        elif at_init is not None and at_init >= COMPOUNDING:
+            partly.append((record.name, at_init, "init", record.activation_kind))
+    # Saturated layers in a row compound: a gradient reaches the layers below only through units
+    # that are unsaturated in every one of them, about the product of the unsaturated shares.
+    # Twelve sigmoid layers at 35-55 % each pass ~1e-3 of it; judged like one layer, against the
+    # same 90 % bar.
+    stacked = saturated + partly
+    passing = math.prod(1.0 - item[1] for item in stacked)
+    compounded = 1.0 - passing
+    if not saturated and not (len(stacked) > 1 and compounded >= thresholds["saturated_fraction_error"]):
         return []
-    name, fraction, when, family = max(saturated, key=lambda item: item[1])
-    severity = Severity.ERROR if fraction >= thresholds["saturated_fraction_error"] else Severity.WARNING
+    stacked.sort(key=lambda item: next(r.index for r in layers if r.name == item[0]))
+    name, fraction, when, family = max(stacked, key=lambda item: item[1])
+    severe = fraction >= thresholds["saturated_fraction_error"] or (
+        len(stacked) > 1 and compounded >= thresholds["saturated_fraction_error"])
+    severity = Severity.ERROR if severe else Severity.WARNING
     phase = "at initialisation" if when == "init" else "during the short run"
     return [
         Finding(
             id=ID,
             severity=severity,
             title="Activations are saturated",
-            message=f"{fraction:.0%} of {family or 'activation'} outputs in {name} are pinned at a bound {phase}",
-            layers=tuple(item[0] for item in saturated),
+            message=(
+                f"{fraction:.0%} of {family or 'activation'} outputs in {name} are pinned at a bound {phase}"
+                + (f"; {len(stacked)} saturated layers in a row leave {passing:.1e} of the gradient paths open"
+                   if len(stacked) > 1 else "")
+            ),
+            layers=tuple(item[0] for item in stacked),
             evidence={
                 "max_saturated_fraction": fraction,
-                "saturated_layers": len(saturated),
+                "saturated_layers": len(stacked),
                 "activation": family,
+                "open_gradient_share": passing,
             },
         )
     ]

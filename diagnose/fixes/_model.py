@@ -18,6 +18,7 @@ class FixTarget:
     recurrent: bool = False
     conv: bool = False
     head: bool = False  # the fix targets the output layer (an overconfident classifier head)
+    forget_gate: bool = False  # the fix targets LSTM forget-gate biases (recurrent-gradient-flow)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

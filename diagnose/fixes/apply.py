@@ -219,9 +219,30 @@ def zero_biases(model: nn.Module, layers: Sequence[LayerRecord]) -> str:
             with torch.no_grad():
                 bias.zero_()
             count += 1
-    if count == 0:
-        raise FixNotApplicable("the model's linear and convolution layers have no biases to reset")
-    return f"biases of {count} layer{'s' if count != 1 else ''} reset to zero"
+    lstms = reset_forget_gates(model)
+    if count == 0 and lstms == 0:
+        raise FixNotApplicable("the model's linear, convolution and LSTM layers have no biases to reset")
+    done = [f"biases of {count} layer{'s' if count != 1 else ''} reset to zero"] if count else []
+    if lstms:
+        done.append(f"forget-gate bias of {lstms} LSTM{'s' if lstms != 1 else ''} set to +1")
+    return "; ".join(done)
+
+
+def reset_forget_gates(model: nn.Module) -> int:
+    """The LSTM recipe: forget-gate bias +1 (b_ih), 0 (b_hh), other gate biases 0 (Jozefowicz et al. 2015)."""
+    count = 0
+    for module in model.modules():
+        if not isinstance(module, nn.LSTM) or not module.bias:
+            continue
+        hidden = module.hidden_size
+        with torch.no_grad():
+            for name, param in module.named_parameters():
+                if name.startswith("bias_"):
+                    param.zero_()
+                    if name.startswith("bias_ih"):
+                        param[hidden:2 * hidden].fill_(1.0)
+        count += 1
+    return count
 
 
 # ---------------------------------------------------------------------------------------------

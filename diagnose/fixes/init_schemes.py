@@ -66,6 +66,21 @@ def _bias_snippet(target: FixTarget) -> str:
         "        nn.init.zeros_(layer.bias)"
     )
     text = "import torch.nn as nn\n\n" + layer_loop(target.layers, body, fallback)
+    if target.forget_gate:
+        names = target.layers or ("<your LSTM>",)
+        text = (
+            "import torch\nimport torch.nn as nn\n\n"
+            "# remember by default: forget-gate bias +1 (PyTorch's gate order is input, forget, cell, output)\n"
+            f"for name in {list(names)!r}:\n"
+            "    lstm = dict(model.named_modules())[name]\n"
+            "    h = lstm.hidden_size\n"
+            "    with torch.no_grad():\n"
+            "        for pname, p in lstm.named_parameters():\n"
+            "            if pname.startswith('bias_'):\n"
+            "                p.zero_()\n"
+            "                if pname.startswith('bias_ih'):\n"
+            "                    p[h:2 * h].fill_(1.0)"
+        )
     if target.head:
         head = target.layers[-1] if target.layers else "<last layer>"
         text = (
@@ -197,13 +212,16 @@ FIX_BIAS_INIT = Fix(
     ),
     doc="""## What it does
 Sets the biases of the named layers back to zero (or to a small positive value in front of a
-ReLU). For an overconfident classifier head, scales the last layer's weights down and sets its bias
+ReLU). For an LSTM, sets the forget-gate bias to +1 and the other gate biases to zero, so the
+cell remembers by default. For an overconfident classifier head, scales the last layer's weights down and sets its bias
 to zero, or to the log of the class frequencies when the classes are imbalanced.
 
 ## Why it works
 A unit's pre-activation is w.x + b. When |b| dwarfs the spread of w.x, the sign and size of the
 pre-activation no longer depend on the input: a ReLU with b = -10 outputs zero for everything and
-passes back no gradient, a sigmoid with a big bias sits at 0 or 1. Starting the last layer near
+passes back no gradient, a sigmoid with a big bias sits at 0 or 1. An LSTM's cell state is
+multiplied by its forget gate at every step: a negative forget bias wipes it at every step, +1
+keeps most of it (Gers et al. 2000; Jozefowicz et al. 2015). Starting the last layer near
 zero makes the first predictions close to uniform, so the initial loss is ln C and the first steps
 learn features instead of undoing the initial overconfidence.
 

@@ -29,6 +29,7 @@ class LoadedModel:
     dynamic_batch: bool  # the export archive declares a dynamic dim 0 on its inputs
     limitations: tuple[str, ...] = ()  # plain sentences: probes that cannot run on this model
     input_specs: tuple[InputSpec, ...] = ()  # declared positional inputs (export), or the token input
+    frozen_norms: int = 0  # batch-norm ops an export archive runs in inference mode (exported after .eval())
 
 
 def load_model(source: "str | Path | torch.nn.Module", *, weights: str | None = None,
@@ -74,7 +75,7 @@ def _load_source(source: str, *, trust_pickle: bool, device: str) -> LoadedModel
         return LoadedModel(module=contents.module, format="export", source=source,
                            example_args=contents.example_args, example_kwargs=contents.example_kwargs,
                            dynamic_batch=contents.dynamic_batch, limitations=contents.limitations,
-                           input_specs=contents.input_specs)
+                           input_specs=contents.input_specs, frozen_norms=contents.frozen_norms)
     if form == sniff.TORCHSCRIPT:
         from diagnose.loading.torchscript import HOOKS_LIMITATION, load_torchscript
 

@@ -45,6 +45,7 @@ class ExportContents:
     dynamic_batch: bool
     input_specs: tuple[InputSpec, ...]
     limitations: tuple[str, ...]
+    frozen_norms: int = 0  # batch-norm ops recorded with training=False (exported after .eval())
 
 
 def load_export(path: Path, *, trust_pickle: bool, device: str) -> ExportContents:
@@ -66,7 +67,7 @@ def load_export(path: Path, *, trust_pickle: bool, device: str) -> ExportContent
     specs = declared_inputs(program)
     return ExportContents(module=module, example_args=args, example_kwargs=kwargs,
                           dynamic_batch=any(s.shape is not None and s.shape[:1] == (None,) for s in specs),
-                          input_specs=specs, limitations=limitations)
+                          input_specs=specs, limitations=limitations, frozen_norms=frozen_norm_ops(program))
 
 
 def check_archive_payloads(path: Path) -> None:
@@ -140,6 +141,42 @@ def _is_text(rel: str, pickled: set[str]) -> bool:
 
 def _strip_root(name: str) -> str:
     return name.split("/", 1)[1] if "/" in name else name
+
+
+# The batch-norm ops of an exported graph, and where their `training` flag sits in the arguments.
+# Export records the mode the model was in: after `.eval()` the flag is False and the graph
+# normalises with running statistics forever, whatever `.train()` is called on the loaded module.
+_BATCH_NORM_TRAINING_ARG = {"aten.batch_norm.default": 5, "aten.native_batch_norm.default": 5,
+                            "aten._native_batch_norm_legit.default": 5}
+_FROZEN_BATCH_NORM = ("aten._native_batch_norm_legit_no_training.default",)
+
+
+def frozen_norm_ops(program: Any) -> int:
+    """How many batch-norm ops of the exported graph run in inference mode (running statistics)."""
+    frozen = 0
+    for module in _graph_modules(program):
+        for node in module.graph.nodes:
+            if node.op != "call_function":
+                continue
+            target = str(node.target)
+            if target in _FROZEN_BATCH_NORM:
+                frozen += 1
+            elif target in _BATCH_NORM_TRAINING_ARG:
+                position = _BATCH_NORM_TRAINING_ARG[target]
+                training = node.args[position] if len(node.args) > position else node.kwargs.get("training", True)
+                frozen += training is False
+    return frozen
+
+
+def _graph_modules(program: Any):
+    graph_module = getattr(program, "graph_module", None)
+    if graph_module is None:
+        return []
+    modules = [graph_module]
+    for _, sub in graph_module.named_modules():  # control-flow subgraphs (cond, map) carry their own
+        if sub is not graph_module and hasattr(sub, "graph"):
+            modules.append(sub)
+    return modules
 
 
 def _unflatten(program: Any) -> tuple["torch.nn.Module", tuple[str, ...]]:

@@ -33,5 +33,5 @@ def test_mis_scaled_but_harmless_does_not_fire():
     # 0.5x He in every layer, but the signal is level (e.g. measured with other compensation).
     layers = [linear(f"l{i}", i, std=0.5 * math.sqrt(2 / 64)) for i in range(4)]
     assert check_module.check(evidence(layers), check_module.THRESHOLDS) == []
-    shrinking = [linear(f"l{i}", i, std=0.5 * math.sqrt(2 / 64), out_std=0.1 ** i) for i in range(4)]
+    shrinking = [linear(f"l{i}", i, std=0.5 * math.sqrt(2 / 64), out_std=0.05 ** i) for i in range(4)]
     assert only(check_module.check(evidence(shrinking), check_module.THRESHOLDS), ID).layers == ("l0", "l1", "l2", "l3")

@@ -21,7 +21,7 @@ CONTRACT_IDS = {
 
 def _dead_and_flat():
     layers = [linear("net.0", 0), activation("net.1", 1, dead=0.95), linear("net.2", 2, followed_by="relu"),
-              activation("net.3", 3, dead=0.6), linear("net.4", 4, followed_by="none")]
+              activation("net.3", 3, dead=0.7), linear("net.4", 4, followed_by="none")]
     return evidence(layers, initial=9.0)
 
 
