@@ -378,6 +378,16 @@ def _recurrent_flow(finding: Finding, context: _Context) -> list[_Choice]:
 
 
 def _poor_init(finding: Finding, context: _Context) -> list[_Choice]:
+    if finding.evidence.get("scheme") == "lecun" and finding.evidence.get("median_gain"):
+        # Layers reading a norm layer's output: the variance-preserving scale is 1/sqrt(fan_in)
+        # whatever follows (transformer recipes use about that or less: N(0, 0.02)).
+        layers = list(finding.layers)
+        gain = finding.evidence["median_gain"]
+        return [_Choice(
+            "lecun-init", _target(context, layers),
+            f"{_names(_records(context, layers))} read normalised features and amplify them ~{gain:.2g}x; "
+            "std 1/sqrt(fan_in) keeps their output at the scale of their input (GPT-2 and BERT use 0.02).",
+        )]
     return _init_choices(context, _weighted_of(context, finding))
 
 

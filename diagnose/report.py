@@ -74,6 +74,7 @@ class Report:
                 "trainable_parameters": ev.model.trainable_parameters,
                 "layers": ev.model.layers,
                 "limitations": list(ev.model.limitations),
+                "frozen_norms": ev.model.frozen_norms,
             },
             "run": {
                 "device": ev.run.device,
@@ -100,6 +101,18 @@ class Report:
                 "kind": loss.kind,
                 "num_classes": loss.num_classes,
             },
+            "output": None if ev.output is None else {
+                "shape": list(ev.output.shape),
+                "min": ev.output.min,
+                "max": ev.output.max,
+                "row_sum_error": ev.output.row_sum_error,
+                "zero_fraction": ev.output.zero_fraction,
+            },
+            "recurrent": [
+                {"name": flow.name, "type": flow.type, "steps": flow.steps, "forget_bias": flow.forget_bias,
+                 "step_gradient_norms": list(flow.step_gradient_norms)}
+                for flow in ev.recurrent
+            ],
             "findings": [f.to_dict() for f in self.findings],
             "summary": {
                 "status": self.status,

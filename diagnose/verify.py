@@ -31,6 +31,7 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from diagnose.checks import run_checks
+from diagnose.checks.residual_stream_growth import stream_growth
 from diagnose.checks._signal import (
     activation_trend,
     gradient_flow,
@@ -119,6 +120,8 @@ def measure_evidence(module: "nn.Module", workload: "Workload", template: Eviden
         loss=measured.loss,
         inputs=workload.batch.stats,
         nonfinite_loss_step=measured.nonfinite_loss_step,
+        output=measured.output,
+        recurrent=measured.recurrent,
     )
 
 
@@ -192,6 +195,11 @@ def finding_metric(finding: Finding, evidence: Evidence) -> tuple[str, float | N
         return "median_std_ratio", _median_std_ratio(evidence)
     if check_id == "non-finite":
         return "nonfinite_values", _nonfinite_count(evidence)
+    if check_id == "recurrent-gradient-flow":
+        return "gradient_ratio_10_back", _recurrent_reach(evidence)
+    if check_id == "residual-stream-growth":
+        growth = stream_growth(evidence.layers)
+        return "fitted_ratio", growth[0] if growth is not None else None
     if check_id == "no-gradient":
         return "params_without_gradient", float(sum(len(r.params_without_gradient) for r in evidence.layers))
     if check_id == "bad-initial-loss":
@@ -213,7 +221,8 @@ def badness(metric: str, value: float | None) -> float | None:
         return None
     if math.isnan(value):
         return math.inf
-    if metric in ("ratio_first_last", "ratio_last_first", "median_std_ratio", "input_std"):
+    if metric in ("ratio_first_last", "ratio_last_first", "median_std_ratio", "input_std", "gradient_ratio_10_back",
+                  "fitted_ratio"):
         return abs(math.log10(value)) if value > 0 else math.inf  # healthy at 1, judged in decades
     if metric == "max_update_ratio":
         return abs(math.log10(value / HEALTHY_UPDATE_RATIO)) if value > 0 else math.inf
@@ -236,6 +245,16 @@ def _max_fraction(evidence: Evidence, field: str, run_field: str | None = None) 
         return max(values)
     has_activations = any(r.kind == "activation" and r.activation.count for r in evidence.layers)
     return 0.0 if has_activations else None
+
+
+def _recurrent_reach(evidence: Evidence) -> float | None:
+    """The worst gradient ratio 10 steps back (or the sequence length) over the recurrent modules."""
+    reaches = []
+    for flow in evidence.recurrent:
+        norms = flow.step_gradient_norms
+        if len(norms) >= 2 and norms[-1] > 0:
+            reaches.append(norms[-1 - min(10, len(norms) - 1)] / norms[-1])
+    return min(reaches) if reaches else None
 
 
 def _max_gradient_rms(evidence: Evidence) -> float | None:

@@ -73,33 +73,39 @@ def log_linear_change(values: Sequence[float]) -> float:
     return 10.0 ** (slope * (count - 1))
 
 
-def flow_gradient_norm(record: LayerRecord) -> float | None:
+def flow_gradient_norm(record: LayerRecord, norm_after: LayerRecord | None = None) -> float | None:
     """The output-gradient norm that measures how much learning signal reaches `record`.
 
     For a layer whose output feeds a normalisation layer, the raw norm is not a property of the
     network but of the layer's weight scale: the norm divides its input by its std s, so
     dLoss/d(output) carries a factor 1/s (double the weights, halve the gradient; the loss is
-    unchanged). What reaches such a layer is the gradient with respect to the normalised output,
-    which is the raw norm times s (exact for a norm without affine gain, up to the gain otherwise).
-    Without this, a batch-norm net's flow depends on each conv's init scale and on the input size.
+    unchanged). What reaches such a layer is the gradient with respect to the normalised output.
+    When the norm layer reads this layer's output directly (`norm_after`), that is the norm
+    layer's own output gradient times its output std (the affine gain at init: 1, or 0 for a
+    zero-initialised gain), which no bias or per-channel offset of this layer can change. Else it
+    is approximated by the raw norm times this layer's output std. Without this, a batch-norm
+    net's flow depends on each conv's init scale and on the input size.
     """
-    norm = output_gradient_norm(record)
-    if norm is None:
-        return None
     if record.weight is not None and record.weight.normalized:
-        std = record.activation.std
-        if not is_finite_positive(std):
+        if norm_after is not None:
+            after, gain = output_gradient_norm(norm_after), norm_after.activation.std
+            if after is not None and gain is not None and math.isfinite(gain):
+                return after * gain
+        norm, std = output_gradient_norm(record), record.activation.std
+        if norm is None or not is_finite_positive(std):
             return None
         return norm * std
-    return norm
+    return output_gradient_norm(record)
 
 
 def gradient_flow(layers: Iterable[LayerRecord]) -> tuple[list[LayerRecord], list[float]]:
     """Weighted layers with a measured learning signal, and its norm (`flow_gradient_norm`), input side first."""
+    layers = list(layers)
+    norm_reading = {r.input_from: r for r in by_index(layers) if r.kind == "norm" and r.input_from}
     chosen, norms = [], []
     for record in flow_layers(layers):
-        norm = flow_gradient_norm(record)
-        if norm is not None:
+        norm = flow_gradient_norm(record, norm_reading.get(record.name))
+        if norm is not None and norm > 0:
             chosen.append(record)
             norms.append(norm)
     return chosen, norms

@@ -74,7 +74,8 @@ def check(evidence: Evidence, thresholds: Mapping[str, float]) -> list[Finding]:
         severity=Severity.ERROR,
         title="The archive was exported in eval mode",
         message=(
-            f"{frozen} batch-norm ops in this archive normalise with frozen running statistics (the model was "
+            f"{frozen} batch-norm op{'s' if frozen != 1 else ''} in this archive normalise{'s' if frozen == 1 else ''} "
+            "with frozen running statistics (the model was "
             "exported after .eval()), so it does not train as your model does; call model.train() before "
             "torch.export.export, or diagnose the factory that builds the model"
         ),

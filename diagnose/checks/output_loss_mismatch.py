@@ -93,7 +93,7 @@ def check(evidence: Evidence, thresholds: Mapping[str, float]) -> list[Finding]:
         # Random logits never sum to one per row: this is a softmax, wherever it was applied.
         return [_bounded("softmax", "The output is softmax probabilities",
                          "probabilities (each row sums to 1: a softmax is applied before the loss)",
-                         loss_floor(classes, 0.0, 1.0), numbers, output)]
+                         loss_floor(classes, 0.0, 1.0), numbers, output, _final_activation(evidence))]
     # Small logits at init are normal (a zero-initialised head outputs zeros), so a bounded range
     # alone proves nothing: the last layer must be the squashing activation itself.
     last = _final_activation(evidence)
@@ -103,11 +103,11 @@ def check(evidence: Evidence, thresholds: Mapping[str, float]) -> list[Finding]:
     if family in ("sigmoid", "hardsigmoid") and output.min >= 0.0 and output.max <= 1.0:
         return [_bounded(family, "The logits are squashed into [0, 1]",
                          f"confined to [0, 1] by {last.name} ({family} on the logits)",
-                         loss_floor(classes, 0.0, 1.0), numbers, output)]
+                         loss_floor(classes, 0.0, 1.0), numbers, output, last)]
     if family in ("tanh", "hardtanh", "softsign") and output.min >= -1.0 and output.max <= 1.0:
         return [_bounded(family, "The logits are squashed into [-1, 1]",
                          f"confined to [-1, 1] by {last.name} ({family} on the logits)",
-                         loss_floor(classes, -1.0, 1.0), numbers, output)]
+                         loss_floor(classes, -1.0, 1.0), numbers, output, last)]
     if family in ("relu", "relu6") and output.min >= 0.0 and output.zero_fraction >= thresholds["zero_fraction"]:
         return [Finding(
             id=ID, severity=Severity.WARNING, title="The logits are cut at zero",
@@ -132,9 +132,10 @@ def _final_activation(evidence: Evidence):
     return last
 
 
-def _bounded(kind: str, title: str, what: str, floor: float, numbers: dict, output) -> Finding:
+def _bounded(kind: str, title: str, what: str, floor: float, numbers: dict, output, last=None) -> Finding:
     return Finding(
         id=ID, severity=Severity.ERROR, title=title,
+        layers=(last.name,) if last is not None else (),
         message=(f"the outputs fed to cross-entropy are {what}; cross-entropy applies its own log-softmax, so the "
                  f"loss can never go below {floor:.3g} (chance is {numbers['chance_loss']:.3g}); return raw logits "
                  "from forward"),
