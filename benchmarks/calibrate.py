@@ -3,6 +3,7 @@
     python benchmarks/calibrate.py                    # every model, at the documented input size
     python benchmarks/calibrate.py --both-sizes       # and at the second size: verdicts must not flip
     python benchmarks/calibrate.py resnet50 vit_b_16  # only these
+    python benchmarks/calibrate.py --unseen           # the second set, never used to set a threshold
     python benchmarks/calibrate.py --fast --markdown docs/calibration-table.md
 
 A healthy model passes with no warning and no error (infos are fine); a sick design passes when a
@@ -135,13 +136,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("names", nargs="*", help="only these corpus entries")
     parser.add_argument("--fast", action="store_true", help="only the default test suite's subset")
+    parser.add_argument("--unseen", action="store_true",
+                        help="the second set (calibration.UNSEEN), never used to set a threshold, instead of the corpus")
     parser.add_argument("--both-sizes", action="store_true", help="also run at each family's second input size")
     parser.add_argument("--markdown", type=Path, help="also write the table as Markdown here")
     parser.add_argument("--json", type=Path, help="write the outcomes as JSON here")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    cases = [c for c in calibration.CASES if (not args.names or c.name in args.names) and (not args.fast or c.fast)]
+    pool = calibration.UNSEEN if args.unseen else calibration.CASES + (calibration.UNSEEN if args.names else ())
+    cases = [c for c in pool if (not args.names or c.name in args.names) and (not args.fast or c.fast)]
     outcomes: list[Outcome] = []
     for case in cases:
         for alt in (False, True) if args.both_sizes else (False,):

@@ -145,6 +145,8 @@ def _layer_dict(record, run_record) -> dict[str, object]:
             "saturated_fraction": act.saturated_fraction,
             "nonfinite": act.nonfinite,
             "dead_fraction_run": run_record.activation.dead_fraction if run_record else None,
+            # the share dead in the run's last step: the number dead-relu quotes for units that died
+            "dead_fraction_last_step": run_record.activation.dead_fraction_last if run_record else None,
         },
         "gradient": {
             "norm": grad.norm,

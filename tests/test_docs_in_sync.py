@@ -39,6 +39,8 @@ def test_check_docs_follow_the_anatomy(spec):
     assert positions == sorted(positions)
     for name in spec.thresholds:  # every threshold is documented with its default
         assert f"`{name}`" in text
+    # every check says what its severities mean for training (issue 12: severity from the effect)
+    assert "\nSeverity" in text, f"{spec.id}: no 'Severity' paragraph"
 
 
 @pytest.mark.parametrize("fix_id", list(FIXES))

@@ -16,6 +16,8 @@ recurrent layer between them; a layer that feeds a norm ends its run. For each r
 the first, both as a plain ratio and from a log-linear fit, and fires when both are below `ratio`
 (default 1e-2: two orders of magnitude). It is an error below `ratio_error` (1e-4).
 
+Severity: warning, error from `ratio_error` (the signal that reaches the head is noise-sized).
+
 ## Example
 He et al.'s 30-layer ReLU network with Xavier init: the output std falls ~1e-5x from the first
 layer to the last.

@@ -14,6 +14,9 @@ The same runs as `activation-variance-collapse`; the check fires when both the l
 std ratio and its log-linear fit exceed `ratio` (default 100: two orders of magnitude), and reports
 an error from `ratio_error` (1e4).
 
+Severity: warning, error from `ratio_error` (the head sees numbers that overflow its
+nonlinearities and the loss).
+
 ## Example
 Ten `Linear(32, 32)` + `ReLU` layers at 3x the He std: the output std grows ~5e4x.
 

@@ -15,6 +15,8 @@ Needs `--steps` > 0 (the run's optimizer is the one judged). Fires when the opti
 the model has at least `min_weighted_layers` (5) trainable weighted layers. The evidence includes
 how much the mean update ratio fell from the first to the last step of the run.
 
+Severity: warning: it trains, with a step size that decays toward zero.
+
 ## Example
 `diagnose check model.py:build --steps 20 --optimizer adagrad` on a 10-layer MLP.
 

@@ -16,6 +16,8 @@ A hidden width h (the output of a layer that feeds another chained layer) is a b
 `ratio` x h <= min(width in, width out), with `ratio` = 8. Conv channels are not judged (their
 spatial extent carries information too).
 
+Severity: warning: the narrow layer caps what the network can represent.
+
 ## Example
 `nn.Sequential(nn.Linear(784, 512), nn.ReLU(), nn.Linear(512, 4), nn.ReLU(), nn.Linear(4, 512),
 nn.ReLU(), nn.Linear(512, 10))`.

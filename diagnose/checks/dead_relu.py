@@ -28,6 +28,9 @@ all of 8 units, 66 % of 64, 52 % of 4096). Units that die during the run must ad
 quarter of the layer to the share dead at initialisation: a share that wobbles from step to step
 around its initial value lost nothing.
 
+Severity: error from `dead_fraction_error` dead (the layer has lost nearly all its width),
+warning below it (it trains with less capacity than it should).
+
 ## Example
 A ReLU MLP whose `Linear` biases are set to -10: every hidden unit is dead at initialisation.
 

@@ -28,6 +28,9 @@ trains despite the trend (residual nets whose branches add up their gradients do
 this): the finding is an `info`. Otherwise, or without a run, it is an error: a network whose
 gradients explode will not train as configured.
 
+Severity: error when the short run fails or is absent (the network will not train as
+configured); info when the short run trains normally.
+
 ## Example
 Ten `Linear(32, 32)` + `ReLU` layers initialised at 3x the He std: the gradient at the first layer
 is ~5e4x the one at the head.

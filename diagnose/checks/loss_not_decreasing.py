@@ -17,6 +17,8 @@ loss. A run whose loss diverges or turns NaN is
 `lr-too-high`'s finding and is not repeated here. With a fresh batch per step (`fixed_batch` false)
 the bar is the same but noise makes it weaker evidence; the message says so.
 
+Severity: warning: the short run is short; a cause found by another check comes first.
+
 ## Example
 A deep sigmoid network whose gradients vanish, or any model with lr=1e-7.
 

@@ -18,8 +18,10 @@ above `update_ratio` (0.1, the upper bound of DeepDiagnosis and TheDeepChecker).
 output feeds a normalisation layer are left out of the warning: their weights are scale-invariant,
 so a large relative step grows the weight norm and shrinks the next step by itself (Arora, Li &
 Lyu 2019), and the recipes of batch-norm nets run at update ratios above 0.1 in their first steps.
-So are layers whose weights start at exactly zero (a zero-initialised head): their norm grows from
-nothing, and a ratio against it is large by construction.
+A layer initialised below the scale of its init scheme (a zero-initialised head or gate, a head
+drawn small like torchvision's ResNet `fc`, 0.4x Glorot) has its ratio measured against the
+scheme's scale instead of its own young norm: its first steps grow it toward that scale, and a
+ratio against a norm still growing from (near) zero is large by construction.
 A diverging loss is judged for every network alike.
 
 Severity: error when the loss diverges or turns NaN (the network will not train as configured);
@@ -50,7 +52,7 @@ import math
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
-from diagnose.checks._signal import trained_normally, update_ratios, zero_weight_layers
+from diagnose.checks._signal import trained_normally, update_ratios
 from diagnose.findings import Finding
 from diagnose.severity import Severity
 
@@ -97,11 +99,10 @@ def check(evidence: Evidence, thresholds: Mapping[str, float]) -> list[Finding]:
     # they are scaled, their gradient is orthogonal to them and shrinks as 1/||W||, so a large step
     # grows ||W|| and shrinks the next relative step (Arora et al. 2019, "auto rate-tuning"). Their
     # update ratio says nothing about the LR being too high; ResNets train at lr 0.1 with ratios ~0.3.
-    # A layer that starts at zero (a zero-initialised head or gate) has no scale of its own yet: its
-    # first steps grow it from nothing, and a ratio against that young norm is large by construction.
-    from_zero = set(zero_weight_layers(evidence.layers))
+    init = {r.name: r for r in evidence.layers}
     ratios = [
-        (r, v) for r, v in update_ratios(evidence.run_layers) if not _scale_invariant(r) and r.name not in from_zero
+        (r, against_scheme_scale(v, init.get(r.name))) for r, v in update_ratios(evidence.run_layers)
+        if not _scale_invariant(r)
     ]
     high = [(r, v) for r, v in ratios if v > thresholds["update_ratio"]]
     if not high:
@@ -119,6 +120,22 @@ def check(evidence: Evidence, thresholds: Mapping[str, float]) -> list[Finding]:
         layers=tuple(r.name for r, _ in high),
         evidence={**numbers, "max_update_ratio": value},
     )]
+
+
+def against_scheme_scale(ratio: float, initial) -> float:
+    """The update ratio measured against the larger of the weight's scale and its init scheme's.
+
+    A weight initialised below the scale its scheme gives (a zero-initialised head or gate, or a
+    classifier head drawn small, like torchvision's ResNet `fc` at 0.4x Glorot) is still growing
+    toward it: a step against its young norm is large by construction (infinite from zero),
+    though it moves the layer's output no more than the same step would at the scheme's scale.
+    """
+    weight = initial.weight if initial is not None else None
+    if weight is None or not weight.expected_std or not math.isfinite(weight.std):
+        return ratio
+    if weight.std >= weight.expected_std:
+        return ratio
+    return ratio * weight.std / weight.expected_std
 
 
 def _scale_invariant(record) -> bool:

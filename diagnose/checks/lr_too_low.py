@@ -16,6 +16,8 @@ loss fell by less than `loss_change` (1 %) of its initial value. Both must hold:
 a large, well-trained weight can be fine. A model with a fully dead ReLU layer is left to
 `dead-relu`: no learning rate moves weights whose gradient is zero.
 
+Severity: warning: it trains, too slowly.
+
 ## Example
 An MLP trained with SGD at lr=1e-7.
 

@@ -15,6 +15,8 @@ gradients contain non-finite values (counted by the probes), and a non-finite in
 message names the first layer, in execution order, where a non-finite value appears. NaN that
 appears only later in the short training run is a divergence and belongs to `lr-too-high`.
 
+Severity: error: a NaN or Inf stops training.
+
 ## Example
 A healthy MLP with one weight set to `float("nan")`, or a batch with a NaN feature.
 

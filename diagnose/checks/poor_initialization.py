@@ -35,6 +35,9 @@ chance), the finding is an `info`: the scale is off, and training copes (AlexNet
 default init). Otherwise a warning for plain stacks; an error for normalised-input layers whose run
 does not train (the network will not train as configured).
 
+Severity: warning (error for layers reading normalised inputs whose short run does not
+train); info when the short run trains normally.
+
 ## Example
 `nn.Sequential` of 30 `Linear(32, 32)` + `ReLU` initialised with `xavier_normal_`: every layer has
 0.71x the He std, and the signal falls 1e5x across the stack.

@@ -32,7 +32,7 @@ EfficientNet-B0 4.4x by quarters, transformers ~1x); without batch norm, torchvi
 changes 19-44x and ResNet-50 34-91x (both NaN by step 3 at lr 0.01), while ResNet-18 changes 2x
 and trains.
 
-The short run judges the severity: error when its loss turns NaN, diverges or does not fall
+Severity, judged by the short run: error when its loss turns NaN, diverges or does not fall
 (the network will not train as configured), and without a run; warning when it still trains (it
 trains worse, with a learning rate held down by the growth).
 

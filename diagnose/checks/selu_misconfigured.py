@@ -18,6 +18,8 @@ than the `tolerance` factor (1.25); any normalisation or recurrent layer in the 
 `Dropout` module; any real input flagged by the `unnormalized-inputs` rules or with a std outside
 [1/`input_std_factor`, `input_std_factor`] = [0.5, 2] (TheDeepChecker's band).
 
+Severity: warning: the network trains, without the self-normalisation it was built for.
+
 ## Example
 `nn.Sequential(nn.Linear(32, 64), nn.SELU(), ...)` left at PyTorch's default init (0.58x LeCun),
 or with `nn.BatchNorm1d` between the layers.

@@ -16,6 +16,8 @@ mean further than `max_abs_mean` (2) standard deviations from zero (or, for a co
 non-zero mean). Synthetic inputs (made by `--input-shape`) are standard normal by construction and
 integer token ids are categorical; neither is judged.
 
+Severity: warning: training works, more slowly and with a smaller usable learning rate.
+
 ## Example
 An MLP fed `120 + 60 * torch.randn(32, 64)` (like unscaled pixels).
 

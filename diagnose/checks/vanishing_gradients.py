@@ -21,6 +21,10 @@ first/last ratio fall below `ratio` (default 1e-3, AUTOTRAINER's beta_1). At lea
 weighted layers are needed to speak of a trend. Residual and normalised networks keep the flow level
 and do not fire.
 
+Severity: error: the layers near the input will not train as configured. It is not relaxed by
+the short run: a loss can still fall through the last layers alone while the first ones stay at
+their random init.
+
 ## Example
 Glorot & Bengio's deep sigmoid network: `nn.Sequential` of six `Linear(64, 64)` + `Sigmoid`
 layers with weights drawn from U[-1/sqrt(n), 1/sqrt(n)]: the gradient reaching the first layer is

@@ -173,8 +173,15 @@ def test_large_update_ratio_of_a_zero_initialised_weight_is_not_judged():
     assert _lr(_lr_evidence(init_std=0.0)) == []
 
 
-def test_a_tiny_but_nonzero_initial_weight_is_still_judged():
-    assert only(_lr(_lr_evidence(init_std=1e-8)), "lr-too-high").severity is Severity.WARNING
+def test_a_weight_below_its_scheme_scale_is_judged_against_that_scale():
+    expected = math.sqrt(2 / 64)  # He for the helper's 64-in layer followed by ReLU
+    # 0.3 against its own norm, 0.3 x 0.25 = 0.075 against the scheme's: below the 0.1 bar
+    assert _lr(_lr_evidence(init_std=0.25 * expected)) == []
+    # 0.3 x 0.5 = 0.15: still above it
+    finding = only(_lr(_lr_evidence(init_std=0.5 * expected)), "lr-too-high")
+    assert finding.evidence["max_update_ratio"] == pytest.approx(0.15)
+    # at or above the scheme's scale the ratio is taken as measured
+    assert only(_lr(_lr_evidence(init_std=2 * expected)), "lr-too-high").evidence["max_update_ratio"] == pytest.approx(0.3)
 
 
 def test_update_ratio_bar():
