@@ -10,8 +10,7 @@ from typing import TYPE_CHECKING, Any
 from diagnose.errors import DiagnoseError, UnhealthyModel
 from diagnose.findings import Finding, FixSuggestion, Verification
 from diagnose.severity import Severity
-
-__version__ = "0.1.0"
+from diagnose.version import __version__
 
 if TYPE_CHECKING:
     from diagnose.report import Report

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from diagnose.checks import run_checks
+from diagnose.checks import run_checks, validate_ids
 from diagnose.config import Settings
 from diagnose.errors import DiagnoseError
 from diagnose.evidence import Evidence
@@ -23,6 +23,7 @@ from diagnose.run import collect_evidence, resolve_device
 def run_check(settings: Settings) -> Report:
     """Everything `diagnose check MODEL` does, from a `Settings`."""
     started = time.perf_counter()
+    validate_ids(settings.select, settings.ignore, settings.thresholds, settings.per_layer_ignores)
     device = resolve_device(settings.device)
     loaded = load_model(
         settings.model, weights=settings.weights, trust_pickle=settings.trust_pickle, device=str(device)
@@ -86,6 +87,7 @@ def check(
         thresholds=dict(thresholds or {}),
         per_layer_ignores={k: tuple(v) for k, v in (per_layer_ignores or {}).items()},
     )
+    validate_ids(settings.select, settings.ignore, settings.thresholds, settings.per_layer_ignores)
     resolved = resolve_device(device)
     loaded = load_model(model, weights=weights, trust_pickle=trust_pickle, device=str(resolved))
     if inputs is None:

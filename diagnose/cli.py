@@ -42,7 +42,7 @@ app = typer.Typer(
 
 def _version_callback(value: bool) -> None:
     if value:
-        from diagnose import __version__
+        from diagnose.version import __version__
 
         typer.echo(f"diagnose {__version__}")
         raise typer.Exit(EXIT_OK)

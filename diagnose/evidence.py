@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from probes.records import LayerRecord
 
@@ -106,4 +106,3 @@ class Evidence:
     nonfinite_loss_step: int | None = None  # first step whose loss was NaN/Inf, if any
     output: OutputStats | None = None  # the prediction at initialisation; None when not a float tensor
     recurrent: tuple[RecurrentFlow, ...] = ()  # gradient over time, per recurrent module
-    extra: dict[str, object] = field(default_factory=dict)

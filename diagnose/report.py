@@ -8,14 +8,13 @@ from diagnose.errors import UnhealthyModel
 from diagnose.evidence import Evidence
 from diagnose.findings import Finding
 from diagnose.severity import Severity, fails
+from diagnose.version import __version__
 
 SCHEMA_VERSION = 1
 TOOL_NAME = "diagnose"
 
 
 def _tool_version() -> str:
-    from diagnose import __version__
-
     return __version__
 
 

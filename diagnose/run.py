@@ -43,7 +43,7 @@ class Workload:
     warmup_steps: int = 0
 
 
-def resolve_device(requested: str, module: nn.Module | None = None) -> torch.device:
+def resolve_device(requested: str) -> torch.device:
     if requested == "cpu":
         return torch.device("cpu")
     if requested == "cuda":
@@ -247,7 +247,7 @@ def _rng_devices(device: torch.device) -> list:
 
 
 def collect_evidence(loaded: LoadedModel, batch: Batch, settings: Settings) -> tuple[Evidence, Workload]:
-    device = resolve_device(settings.device, loaded.module)
+    device = resolve_device(settings.device)
     workload = Workload(
         batch=batch, loss=settings.loss, steps=settings.steps, optimizer=settings.optimizer,
         lr=settings.lr, seed=settings.seed, device=device,

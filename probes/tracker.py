@@ -60,9 +60,6 @@ class Frame:
 class ModuleStack:
     frames: list[Frame] = field(default_factory=list)
 
-    def push(self, frame: Frame) -> None:
-        self.frames.append(frame)
-
     def pop(self, name: str) -> None:
         # Pop down to the matching frame: post-hooks use always_call=True, so a forward that
         # raised still pops its own frame; this only guards against a frame left by a hook

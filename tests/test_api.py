@@ -139,3 +139,17 @@ def test_weights_for_a_module_object_go_into_a_copy(tmp_path):
     # ...and the report describes the loaded weights, not the module's own
     first = other.state_dict()["0.weight"]
     assert report.to_dict()["layers"][0]["weight"]["std"] == pytest.approx(first.std(unbiased=False).item(), rel=1e-3)
+
+
+def test_an_unknown_check_id_fails_before_the_model_is_built(monkeypatch):
+    # a typo in select= costs no probe run: the loader is never reached
+    import diagnose.api
+
+    def fail(*args, **kwargs):
+        raise AssertionError("the model was loaded before the check ids were validated")
+
+    monkeypatch.setattr(diagnose.api, "load_model", fail)
+    with pytest.raises(diagnose.DiagnoseError, match="dead-relu"):
+        diagnose.check(torch.nn.Linear(2, 2), torch.zeros(1, 2), select=["dead-reul"])
+    with pytest.raises(diagnose.DiagnoseError, match="unknown check id in thresholds"):
+        diagnose.check(torch.nn.Linear(2, 2), torch.zeros(1, 2), thresholds={"nope": {}})

@@ -128,17 +128,7 @@ def run_checks(
     with no layer is dropped.
     """
     thresholds = thresholds or {}
-    for check_id in thresholds:
-        if check_id not in _BY_ID:
-            raise DiagnoseError(_unknown(check_id, "check id in thresholds"))
-    ignores = {
-        pattern: (ids,) if isinstance(ids, str) else tuple(ids)  # one id given as a bare string
-        for pattern, ids in (per_layer_ignores or {}).items()
-    }
-    for ids in ignores.values():
-        for check_id in ids:
-            if check_id not in _BY_ID and check_id != "*":
-                raise DiagnoseError(_unknown(check_id, "check id in per-layer ignores"))
+    ignores = validate_ids(select, ignore, thresholds, per_layer_ignores)
     specs = select_checks(select, ignore)
     findings: list[Finding] = []
     for spec in specs:
@@ -182,6 +172,32 @@ def _withdraw_superseded(findings: list[Finding]) -> list[Finding]:
     return kept
 
 
+def validate_ids(
+    select: Iterable[str] = (),
+    ignore: Iterable[str] = (),
+    thresholds: Mapping[str, object] | None = None,
+    per_layer_ignores: Mapping[str, Iterable[str]] | None = None,
+) -> dict[str, tuple[str, ...]]:
+    """Every check id the caller named is a real one (DiagnoseError naming the valid ids otherwise).
+
+    Called before the model loads (diagnose.api), so a typo costs no probe run. Returns the
+    per-layer ignores with a bare-string id turned into a tuple.
+    """
+    select_checks(select, ignore)
+    for check_id in thresholds or {}:
+        if check_id not in _BY_ID:
+            raise DiagnoseError(_unknown(check_id, "check id in thresholds"))
+    ignores = {
+        pattern: (ids,) if isinstance(ids, str) else tuple(ids)  # one id given as a bare string
+        for pattern, ids in (per_layer_ignores or {}).items()
+    }
+    for ids in ignores.values():
+        for check_id in ids:
+            if check_id not in _BY_ID and check_id != "*":
+                raise DiagnoseError(_unknown(check_id, "check id in per-layer ignores"))
+    return ignores
+
+
 def _apply_layer_ignores(finding: Finding, ignores: Mapping[str, tuple[str, ...]]) -> Finding | None:
     patterns = [p for p, ids in ignores.items() if finding.id in ids or "*" in ids]
     if not patterns or not finding.layers:
@@ -195,4 +211,4 @@ def _apply_layer_ignores(finding: Finding, ignores: Mapping[str, tuple[str, ...]
     return finding if kept == finding.layers else replace(finding, layers=kept)
 
 
-__all__ = ["CHECKS", "CHECK_IDS", "CheckSpec", "get", "resolve_thresholds", "run_checks", "select_checks"]
+__all__ = ["CHECKS", "CHECK_IDS", "CheckSpec", "get", "resolve_thresholds", "run_checks", "select_checks", "validate_ids"]

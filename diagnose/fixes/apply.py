@@ -588,5 +588,3 @@ _MODEL_FIXES: dict[str, Callable[[nn.Module, Sequence[LayerRecord]], str]] = {
     "batch-norm": insert_batch_norm,
     "fix-bias-init": zero_biases,
 }
-
-APPLICABLE = frozenset(_WORKLOAD_FIXES) | frozenset(_MODEL_FIXES) | {"normalize-inputs"}
