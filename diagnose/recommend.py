@@ -367,6 +367,13 @@ def _residual_growth(finding: Finding, context: _Context) -> list[_Choice]:
 
 
 def _recurrent_flow(finding: Finding, context: _Context) -> list[_Choice]:
+    growth = finding.evidence.get("gradient_growth_back_in_time")
+    if isinstance(growth, float):
+        return [
+            _Choice("gradient-clipping", _target(context),
+                    f"The gradient grows {growth:.3g}x back through the sequence: clipping bounds each update."),
+            _Choice("lower-lr", _target(context), ""),
+        ]
     choices = []
     bias = finding.evidence.get("forget_bias")
     if finding.evidence.get("type") == "LSTM":

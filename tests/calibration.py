@@ -181,6 +181,21 @@ class SequenceClassifier(nn.Module):
         return self.head(out[:, -1])
 
 
+class ChaoticRNN(nn.Module):
+    """A tanh RNN whose recurrent weights are `scale` x PyTorch's default: past the edge of chaos."""
+
+    def __init__(self, scale: float = 4.0, features: int = 16, hidden: int = 64, classes: int = 10) -> None:
+        super().__init__()
+        self.rnn = nn.RNN(features, hidden, batch_first=True)
+        with torch.no_grad():
+            self.rnn.weight_hh_l0.mul_(scale)
+        self.head = nn.Linear(hidden, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out, _ = self.rnn(x)
+        return self.head(out[:, -1])
+
+
 # --- sick designs -------------------------------------------------------------------------------------
 
 
@@ -337,6 +352,9 @@ CASES: tuple[Case, ...] = (
                 "log(1+(C-1)/e)"),
     Case("mobilenet_v3_eval_export", "sick: export", _mobilenet_v3, expect="eval-mode-export", export_eval=True,
          reason="a graph exported after .eval() has batch norm frozen to its running statistics"),
+    Case("rnn_recurrent_weights_x4", "sick: RNN", lambda n: ChaoticRNN(4.0), SEQUENCE,
+         expect="recurrent-gradient-flow",
+         reason="recurrent spectral radius above 1: the gradient grows ~125x back over 24 steps (Pascanu et al. 2013)"),
     Case("resnet34_no_bn", "sick: residual", _without_norm("resnet34"), expect="residual-stream-growth",
          also=("lr-too-high", "bad-initial-loss", "non-finite"),
          reason="16 un-normalised basic blocks: the stream grows ~40x and the loss is NaN by step 2"),

@@ -25,11 +25,17 @@ forget bias +1 over 39; forget bias -2: 5 steps, -5: 4. The horizon does not dep
 length. Sequences shorter than 2 x `horizon` are not judged, and neither is a loss on every step's
 output whose gradient never falls that far (each step then has its own direct path to the loss).
 
+The other way round, the check fires when the gradient grows back in time by `growth` (100x) or
+more: the recurrence amplifies it at every step (Pascanu, Mikolov & Bengio 2013). Healthy inits
+only ever decay; a tanh RNN with 4x PyTorch's default recurrent weights grows 125x over 24 steps.
+
 For an LSTM the message gives the forget-gate bias (b_ih + b_hh over the forget slice) when it is
 negative: the usual cause.
 
-Severity: error (the layer cannot learn dependencies longer than its horizon: the recurrence is
-lost).
+Severity: error for a short memory (the layer cannot learn dependencies longer than its horizon:
+the recurrence is lost). For a gradient that explodes back in time: error when the short run does
+not train normally, warning when it still does (it trains, with updates driven by the oldest
+steps; clip them).
 
 ## Example
 `nn.LSTM(16, 64, batch_first=True)` with its forget-gate biases set to -2.5 each (sum -5), reading
@@ -42,9 +48,10 @@ plain RNN, `gradient-clipping` with a `lr-schedule` is the usual companion, and 
 of a plain RNN for long dependencies.
 
 ## Options
-`horizon`, `gradient_floor`.
+`horizon`, `gradient_floor`, `growth`.
 
 ## References
+- Pascanu, Mikolov & Bengio, "On the difficulty of training recurrent neural networks", ICML 2013.
 - Bengio, Simard & Frasconi, "Learning long-term dependencies with gradient descent is difficult", 1994.
 - Gers, Schmidhuber & Cummins, "Learning to Forget: Continual Prediction with LSTM", 2000.
 - Jozefowicz, Zaremba & Sutskever, "An Empirical Exploration of Recurrent Network Architectures", ICML 2015.
@@ -56,6 +63,7 @@ import math
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
+from diagnose.checks._signal import trained_normally
 from diagnose.findings import Finding
 from diagnose.severity import Severity
 
@@ -70,7 +78,14 @@ HORIZON = 8
 # the last step's does; AUTOTRAINER's vanishing bound over depth is the same 1e-3.
 GRADIENT_FLOOR = 1e-3
 
-THRESHOLDS: dict[str, float] = {"horizon": HORIZON, "gradient_floor": GRADIENT_FLOOR}
+# The other way: a gradient that grows back in time. Healthy inits only ever decay (the corpus's
+# LSTMs, GRUs and tanh RNN: the oldest step gets 1e-7 to 1e-4 of the last one's); a tanh RNN whose
+# recurrent weights are 4x PyTorch's default grows 125x over 24 steps (Pascanu et al. 2013: the
+# recurrent Jacobian's spectral radius above 1). Two orders of magnitude is where clipping is
+# no longer optional.
+GROWTH = 100.0
+
+THRESHOLDS: dict[str, float] = {"horizon": HORIZON, "gradient_floor": GRADIENT_FLOOR, "growth": GROWTH}
 
 
 def memory_horizon(flow: RecurrentFlow, floor: float) -> int | None:
@@ -87,10 +102,23 @@ def memory_horizon(flow: RecurrentFlow, floor: float) -> int | None:
     return None  # never falls that far within the sequence
 
 
+def back_in_time_growth(flow: RecurrentFlow) -> tuple[float, int] | None:
+    """(largest input gradient / the last step's, how many steps back it is), if measurable."""
+    norms = flow.step_gradient_norms
+    if len(norms) < 2 or not all(math.isfinite(v) for v in norms) or norms[-1] <= 0.0:
+        return None
+    back, value = max(enumerate(reversed(norms)), key=lambda item: item[1])
+    return value / norms[-1], back
+
+
 def check(evidence: Evidence, thresholds: Mapping[str, float]) -> list[Finding]:
     findings = []
     for flow in evidence.recurrent:
         if flow.steps < 2 * thresholds["horizon"]:
+            continue
+        growth = back_in_time_growth(flow)
+        if growth is not None and growth[0] >= thresholds["growth"]:
+            findings.append(_exploding(evidence, flow, *growth))
             continue
         horizon = memory_horizon(flow, thresholds["gradient_floor"])
         if horizon is None or horizon > thresholds["horizon"]:
@@ -122,3 +150,27 @@ def check(evidence: Evidence, thresholds: Mapping[str, float]) -> list[Finding]:
             },
         ))
     return findings
+
+
+def _exploding(evidence: Evidence, flow: RecurrentFlow, growth: float, back: int) -> Finding:
+    trained, words = trained_normally(evidence)
+    outcome = ""
+    if evidence.run.steps > 0:
+        outcome = f"; the short run {'still trained' if trained else 'did not train'} ({words or 'loss not finite'})"
+    return Finding(
+        id=ID,
+        severity=Severity.WARNING if trained else Severity.ERROR,
+        title="The recurrent layer's gradient explodes back in time",
+        message=(
+            f"the gradient reaching {flow.name}'s input grows {growth:.3g}x from the last step to {back} steps back "
+            f"over a {flow.steps}-step sequence: the recurrence amplifies it at every step{outcome}"
+        ),
+        layers=(flow.name,),
+        evidence={
+            "gradient_growth_back_in_time": growth,
+            "steps_back": back,
+            "steps": flow.steps,
+            "forget_bias": flow.forget_bias,
+            "type": flow.type,
+        },
+    )

@@ -290,7 +290,7 @@ def _decaying(steps: int, decades_per_step: float) -> list[float]:
 
 def _run(*flows, thresholds=None):
     ev = replace(evidence(), recurrent=tuple(flows))
-    return check_module.check(ev, thresholds or check_module.THRESHOLDS)
+    return check_module.check(ev, {**check_module.THRESHOLDS, **(thresholds or {})})
 
 
 @pytest.mark.parametrize(("decades", "horizon", "fires"), [(0.38, 8, True), (0.34, 9, False), (1.0, 4, True)])
@@ -348,3 +348,45 @@ def test_thresholds_are_configurable():
     assert _run(flow) == []
     assert only(_run(flow, thresholds={"horizon": 15, "gradient_floor": 1e-3}), ID)
     assert only(_run(flow, thresholds={"horizon": 8, "gradient_floor": 0.1}), ID)
+
+
+# --- the other way: a gradient that explodes back in time ---
+
+
+def _tanh_rnn(recurrent_scale: float) -> nn.Module:
+    torch.manual_seed(0)
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.rnn = nn.RNN(16, 64, batch_first=True)
+            with torch.no_grad():
+                self.rnn.weight_hh_l0.mul_(recurrent_scale)
+            self.head = nn.Linear(64, 10)
+
+        def forward(self, x):
+            return self.head(self.rnn(x)[0][:, -1])
+
+    return Net()
+
+
+def test_a_chaotic_tanh_rnn_is_named_and_clipping_comes_first():
+    report = diagnose.check(_tanh_rnn(4.0), torch.randn(8, 24, 16, generator=torch.Generator().manual_seed(0)), steps=5)
+    finding = only(report, "recurrent-gradient-flow")
+    assert finding.evidence["gradient_growth_back_in_time"] >= 100
+    assert "explodes back in time" in finding.title
+    assert finding.fixes[0].id == "gradient-clipping"
+
+
+def test_growth_back_in_time_on_hand_made_norms():
+    from diagnose.checks.recurrent_gradient_flow import back_in_time_growth
+
+    flow = RecurrentFlow(name="rnn", type="RNN", steps=5, step_gradient_norms=(300.0, 30.0, 3.0, 2.0, 1.0))
+    assert back_in_time_growth(flow) == (300.0, 4)
+    decaying = RecurrentFlow(name="rnn", type="RNN", steps=3, step_gradient_norms=(0.01, 0.1, 1.0))
+    assert back_in_time_growth(decaying) == (1.0, 0)
+
+
+def test_default_tanh_rnn_does_not_explode():
+    report = diagnose.check(_tanh_rnn(1.0), torch.randn(8, 24, 16, generator=torch.Generator().manual_seed(0)), steps=5)
+    assert findings_of(report, "recurrent-gradient-flow") == []
