@@ -14,8 +14,10 @@ the right thing to deploy and the wrong thing to diagnose.
 
 ## How it is detected
 When the archive loads, the exported graph is read: each `batch_norm` op whose `training`
-argument is False (or an `_native_batch_norm_legit_no_training` op) counts. Any such op fires the
-check. Findings of the checks that measure gradient flow, activations, initialisation and the
+argument is False (or an `_native_batch_norm_legit_no_training` op) counts. The check fires when
+every batch-norm op of the graph is frozen: a train-mode export in which some batch norms were
+frozen on purpose (fine-tuning with frozen statistics) keeps the others training, and is left
+alone. Findings of the checks that measure gradient flow, activations, initialisation and the
 short run are then withdrawn (they would describe the frozen graph), and the report says how many.
 `non-finite`, `output-loss-mismatch` and `unnormalized-inputs` still report: they do not depend on
 the normalisation mode.

@@ -67,7 +67,7 @@ def load_export(path: Path, *, trust_pickle: bool, device: str) -> ExportContent
     specs = declared_inputs(program)
     return ExportContents(module=module, example_args=args, example_kwargs=kwargs,
                           dynamic_batch=any(s.shape is not None and s.shape[:1] == (None,) for s in specs),
-                          input_specs=specs, limitations=limitations, frozen_norms=frozen_norm_ops(program))
+                          input_specs=specs, limitations=limitations, frozen_norms=eval_mode_norms(program))
 
 
 def check_archive_payloads(path: Path) -> None:
@@ -153,7 +153,23 @@ _FROZEN_BATCH_NORM = ("aten._native_batch_norm_legit_no_training.default",)
 
 def frozen_norm_ops(program: Any) -> int:
     """How many batch-norm ops of the exported graph run in inference mode (running statistics)."""
-    frozen = 0
+    return batch_norm_modes(program)[0]
+
+
+def eval_mode_norms(program: Any) -> int:
+    """The frozen batch-norm ops of an archive exported in eval mode: all of them, or 0.
+
+    A train-mode export in which some batch norms were deliberately frozen (fine-tuning with
+    frozen statistics) keeps the others in training mode: those frozen ones are the user's
+    choice, not an eval-mode export.
+    """
+    frozen, total = batch_norm_modes(program)
+    return frozen if total and frozen == total else 0
+
+
+def batch_norm_modes(program: Any) -> tuple[int, int]:
+    """(batch-norm ops in inference mode, all batch-norm ops) of the exported graph."""
+    frozen = total = 0
     for module in _graph_modules(program):
         for node in module.graph.nodes:
             if node.op != "call_function":
@@ -161,11 +177,13 @@ def frozen_norm_ops(program: Any) -> int:
             target = str(node.target)
             if target in _FROZEN_BATCH_NORM:
                 frozen += 1
+                total += 1
             elif target in _BATCH_NORM_TRAINING_ARG:
                 position = _BATCH_NORM_TRAINING_ARG[target]
                 training = node.args[position] if len(node.args) > position else node.kwargs.get("training", True)
                 frozen += training is False
-    return frozen
+                total += 1
+    return frozen, total
 
 
 def _graph_modules(program: Any):

@@ -176,3 +176,18 @@ def test_checks_independent_of_the_norm_mode_still_report():
 def test_ignoring_the_eval_mode_check_withdraws_nothing():
     findings, _ = run_checks(_dead_relu_evidence(3), ignore=[ID])
     assert "dead-relu" in [f.id for f in findings]
+
+
+def test_batch_norms_frozen_on_purpose_in_a_train_mode_export_are_left_alone(tmp_path):
+    # fine-tuning with the first block's statistics frozen: a deliberate choice, not an eval export
+    model = _cnn(second_block=True)
+    model.train()
+    first_norm = next(m for m in model.modules() if isinstance(m, nn.BatchNorm2d))
+    first_norm.eval()
+    program = torch.export.export(model, (torch.randn(4, 3, 16, 16),))
+    assert frozen_norm_ops(program) == 1
+    path = tmp_path / "partly_frozen.pt2"
+    torch.export.save(program, path)
+    report = diagnose.check(str(path), steps=0)
+    assert report.evidence.model.frozen_norms == 0
+    assert findings_of(report, "eval-mode-export") == []
