@@ -14,7 +14,15 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
-from diagnose.checks._signal import RELU_LIKE, SATURATING, by_index, flow_layers, preceding_weighted
+from diagnose.checks._signal import (
+    INIT_TOLERANCE,
+    RELU_LIKE,
+    SATURATING,
+    by_index,
+    flow_layers,
+    preceding_weighted,
+    std_ratio,
+)
 from diagnose.checks.unnormalized_inputs import THRESHOLDS as INPUT_THRESHOLDS
 from diagnose.checks.unnormalized_inputs import unscaled
 from diagnose.findings import Finding, FixSuggestion
@@ -28,8 +36,6 @@ if TYPE_CHECKING:
 # From this many weighted layers a plain stack is "very deep": skip connections become the
 # structural remedy (He et al. saw plain nets degrade past ~20 layers; 10 keeps margin).
 VERY_DEEP = 10
-# A weight std more than 25 % from its scheme's is mis-scaled (the poor-initialization band).
-INIT_TOLERANCE = 1.25
 # A bias whose size exceeds the spread of the layer's output decides the unit on its own.
 BIAS_DOMINANCE = 1.0
 # Fallback when the output spread is unknown: a bias of -1 or below in front of a ReLU.
@@ -179,10 +185,10 @@ def _dominant_activation(context: _Context, records: Sequence[LayerRecord]) -> s
 
 
 def _std_ratio(record: LayerRecord) -> float | None:
-    w = record.weight
-    if w is None or not w.expected_std or not math.isfinite(w.std) or w.normalized:
+    """`std_ratio`, except for weights that feed a norm layer (their scale does not matter)."""
+    if record.weight is None or record.weight.normalized:
         return None
-    return w.std / w.expected_std
+    return std_ratio(record)
 
 
 def _misscaled(records: Sequence[LayerRecord], direction: str) -> list[LayerRecord]:

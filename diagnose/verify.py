@@ -36,6 +36,7 @@ from diagnose.checks._signal import (
     activation_trend,
     gradient_flow,
     plain_runs,
+    std_ratio,
     update_ratios,
 )
 from diagnose.config import Settings
@@ -270,10 +271,8 @@ def _extreme_trend(evidence: Evidence, pick) -> float | None:
 
 def _median_std_ratio(evidence: Evidence) -> float | None:
     ratios = sorted(
-        r.weight.std / r.weight.expected_std
-        for r in evidence.layers
-        if r.weight is not None and r.weight.expected_std and not r.weight.normalized and not r.weight.frozen
-        and math.isfinite(r.weight.std)
+        std_ratio(r) for r in evidence.layers
+        if r.weight is not None and not r.weight.normalized and not r.weight.frozen and std_ratio(r) is not None
     )
     return ratios[len(ratios) // 2] if ratios else None
 

@@ -221,6 +221,20 @@ def units_dim_samples(record: LayerRecord) -> int | None:
     return count // units
 
 
+# 25 % either way of the std an init scheme gives: sampling noise of a std estimate over a few
+# thousand weights is ~1-2 %, and both textbook mistakes sit well outside (Xavier under ReLU is 0.71x
+# He; the "standard" U[-1/sqrt(n), 1/sqrt(n)] is 0.58x Glorot; PyTorch's default is 0.41x He).
+INIT_TOLERANCE = 1.25
+
+
+def std_ratio(record: LayerRecord) -> float | None:
+    """The layer's weight std over the std its init scheme gives; None when either is unknown."""
+    weight = record.weight
+    if weight is None or not weight.expected_std or not math.isfinite(weight.std):
+        return None
+    return weight.std / weight.expected_std
+
+
 def zero_weight_layers(layers: Iterable[LayerRecord]) -> list[str]:
     """Layers whose main weight is exactly zero at initialisation (zero-initialised heads and gates)."""
     return [

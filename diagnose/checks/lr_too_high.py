@@ -52,7 +52,7 @@ import math
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
-from diagnose.checks._signal import trained_normally, update_ratios
+from diagnose.checks._signal import std_ratio, trained_normally, update_ratios
 from diagnose.findings import Finding
 from diagnose.severity import Severity
 
@@ -130,12 +130,10 @@ def against_scheme_scale(ratio: float, initial) -> float:
     toward it: a step against its young norm is large by construction (infinite from zero),
     though it moves the layer's output no more than the same step would at the scheme's scale.
     """
-    weight = initial.weight if initial is not None else None
-    if weight is None or not weight.expected_std or not math.isfinite(weight.std):
+    scale = std_ratio(initial) if initial is not None else None
+    if scale is None or scale >= 1.0:
         return ratio
-    if weight.std >= weight.expected_std:
-        return ratio
-    return ratio * weight.std / weight.expected_std
+    return ratio * scale
 
 
 def _scale_invariant(record) -> bool:

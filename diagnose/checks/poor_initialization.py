@@ -62,7 +62,14 @@ from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from diagnose.checks._signal import (
-    activation_trend, by_index, fmt_ratio, output_gradient_norm, plain_runs, trained_normally,
+    INIT_TOLERANCE,
+    activation_trend,
+    by_index,
+    fmt_ratio,
+    output_gradient_norm,
+    plain_runs,
+    std_ratio,
+    trained_normally,
 )
 from diagnose.findings import Finding
 from diagnose.severity import Severity
@@ -72,10 +79,8 @@ if TYPE_CHECKING:
     from probes.records import LayerRecord
 
 ID = "poor-initialization"
-# 25 % either way: sampling noise of a std estimate over a few thousand weights is ~1-2 %, and both
-# textbook mistakes sit well outside (Xavier under ReLU is 0.71x He; the "standard" U[-1/sqrt(n),
-# 1/sqrt(n)] is 0.58x Glorot; PyTorch's default is 0.41x He).
-TOLERANCE = 1.25
+# 25 % either way (checks/_signal.py says why); one number for every check that judges init scale.
+TOLERANCE = INIT_TOLERANCE
 # Most of the run must be off the same way for the errors to compound.
 SHARE = 0.75
 MIN_LAYERS = 3
@@ -217,13 +222,10 @@ def _normalised_effect(evidence: Evidence) -> tuple[str, float, str] | None:
 
 
 def _judge_run(evidence: Evidence, run: list[LayerRecord], thresholds: Mapping[str, float]) -> Finding | None:
-    judged = [
-        r for r in run
-        if not r.weight.normalized and not r.weight.frozen and r.weight.expected_std and r.weight.std == r.weight.std
-    ]
+    judged = [r for r in run if not r.weight.normalized and not r.weight.frozen and std_ratio(r) is not None]
     if len(judged) < thresholds["min_layers"]:
         return None
-    ratios = {r.name: r.weight.std / r.weight.expected_std for r in judged}
+    ratios = {r.name: std_ratio(r) for r in judged}
     tolerance = thresholds["tolerance"]
     low = [r for r in judged if ratios[r.name] < 1.0 / tolerance]
     high = [r for r in judged if ratios[r.name] > tolerance]

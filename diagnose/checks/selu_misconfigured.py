@@ -41,7 +41,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from diagnose.checks import unnormalized_inputs
-from diagnose.checks._signal import by_index
+from diagnose.checks._signal import INIT_TOLERANCE, by_index, std_ratio
 from diagnose.findings import Finding
 from diagnose.severity import Severity
 
@@ -50,7 +50,7 @@ if TYPE_CHECKING:
 
 ID = "selu-misconfigured"
 # Same band as poor-initialization: PyTorch's default init is 0.58x LeCun under SELU.
-TOLERANCE = 1.25
+TOLERANCE = INIT_TOLERANCE
 # SELU's fixed point attracts variances in roughly [0.5, 2]; TheDeepChecker uses the same band for
 # healthy activation std.
 INPUT_STD_FACTOR = 2.0
@@ -70,11 +70,10 @@ def check(evidence: Evidence, thresholds: Mapping[str, float]) -> list[Finding]:
     tolerance = thresholds["tolerance"]
     misinit = [
         r for r in layers
-        if r.weight is not None and r.followed_by == "selu" and r.weight.expected_std
-        and not (1.0 / tolerance <= r.weight.std / r.weight.expected_std <= tolerance)
+        if r.followed_by == "selu" and std_ratio(r) is not None and not (1.0 / tolerance <= std_ratio(r) <= tolerance)
     ]
     if misinit:
-        ratio = misinit[0].weight.std / misinit[0].weight.expected_std
+        ratio = std_ratio(misinit[0])
         problems.append((f"{len(misinit)} layers feeding SELU are not LeCun-normal ({ratio:.2g}x in {misinit[0].name})",
                          tuple(r.name for r in misinit)))
         numbers["not_lecun_layers"] = len(misinit)
