@@ -155,6 +155,14 @@ class Measurements:
     parameters: int = 0
     trainable_parameters: int = 0
 
+    def evidence_fields(self) -> dict[str, object]:
+        """The `Evidence` fields a measurement fills: one list for the first diagnosis and every
+        re-measurement of a fixed copy (diagnose/verify.py), so a new measurement reaches both."""
+        return {
+            "layers": self.layers, "run_layers": self.run_layers, "loss": self.loss,
+            "nonfinite_loss_step": self.nonfinite_loss_step, "output": self.output, "recurrent": self.recurrent,
+        }
+
 
 def measure(module: nn.Module, workload: Workload) -> Measurements:
     """Probe a copy of `module` at init (forward+backward), then over `workload.steps` steps."""
@@ -278,12 +286,7 @@ def collect_evidence(loaded: LoadedModel, batch: Batch, settings: Settings) -> t
             batch_size=batch.shapes[0][0] if batch.shapes and batch.shapes[0] else None,
             fixed_batch=True,
         ),
-        layers=measured.layers,
-        run_layers=measured.run_layers,
-        loss=measured.loss,
         inputs=batch.stats,
-        nonfinite_loss_step=measured.nonfinite_loss_step,
-        output=measured.output,
-        recurrent=measured.recurrent,
+        **measured.evidence_fields(),
     )
     return evidence, workload

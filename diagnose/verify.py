@@ -31,6 +31,7 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from diagnose.checks import run_checks
+from diagnose.checks.recurrent_gradient_flow import reach_back
 from diagnose.checks.residual_stream_growth import stream_growth
 from diagnose.checks._signal import (
     activation_trend,
@@ -116,13 +117,8 @@ def measure_evidence(module: "nn.Module", workload: "Workload", template: Eviden
             layers=len(measured.layers),
         ),
         run=replace(template.run, steps=workload.steps, optimizer=workload.optimizer, lr=workload.lr),
-        layers=measured.layers,
-        run_layers=measured.run_layers,
-        loss=measured.loss,
         inputs=workload.batch.stats,
-        nonfinite_loss_step=measured.nonfinite_loss_step,
-        output=measured.output,
-        recurrent=measured.recurrent,
+        **measured.evidence_fields(),
     )
 
 
@@ -250,11 +246,7 @@ def _max_fraction(evidence: Evidence, field: str, run_field: str | None = None) 
 
 def _recurrent_reach(evidence: Evidence) -> float | None:
     """The worst gradient ratio 10 steps back (or the sequence length) over the recurrent modules."""
-    reaches = []
-    for flow in evidence.recurrent:
-        norms = flow.step_gradient_norms
-        if len(norms) >= 2 and norms[-1] > 0:
-            reaches.append(norms[-1 - min(10, len(norms) - 1)] / norms[-1])
+    reaches = [reach[0] for reach in map(reach_back, evidence.recurrent) if reach is not None]
     return min(reaches) if reaches else None
 
 

@@ -8,9 +8,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
+from diagnose.severity import Severity
+
 if TYPE_CHECKING:
+    from diagnose.findings import Finding
     from probes.records import LayerRecord
 
 # Layers whose output carries the signal from one stage to the next and whose parameters shape it.
@@ -136,6 +140,30 @@ def trained_normally(evidence) -> tuple[bool, str]:
         # Down from far above chance but still above it: the run is undoing a bad start, not learning.
         return False, words
     return True, words
+
+
+def relaxed_when_trained(evidence, finding: Finding, title: str | None = None) -> Finding:
+    """`finding` as an `info` when the short run trains normally; unchanged otherwise.
+
+    The short run is the judge of harm: a one-pass symptom that training shrugs off is a fact
+    worth knowing, not a fault. The message says so and the evidence records it.
+    """
+    trained, words = trained_normally(evidence)
+    if not trained:
+        return finding
+    return replace(
+        finding, severity=Severity.INFO, title=title or finding.title,
+        message=f"{finding.message}; the short run still trained ({words})",
+        evidence={**finding.evidence, "short_run_trained": True},
+    )
+
+
+def run_outcome(evidence) -> tuple[bool, str]:
+    """(trained normally, the run's outcome as a message clause; "" without a run)."""
+    trained, words = trained_normally(evidence)
+    if evidence.run.steps == 0:
+        return trained, ""
+    return trained, f"; the short run {'still trained' if trained else 'did not train'} ({words or 'loss not finite'})"
 
 
 # The short run "trains" when its best loss is at least 10 % below the initial one: 20 plain-SGD

@@ -17,8 +17,9 @@ first/last change and the plain first/last ratio exceed `ratio` (default 70, AUT
 or when any layer's parameter-gradient RMS exceeds `huge_rms` (1e6, TheDeepChecker's bound).
 
 A layer whose output feeds a normalisation layer is measured by the gradient with respect to the
-normalised output (its raw output gradient times its output std): the raw one scales as one over
-the layer's weight scale, so batch-norm nets would show a trend made of init constants and of the
+normalised output (the norm layer's output gradient times its gain, or the layer's raw output
+gradient times its output std when the norm does not read it directly): the raw one scales as one
+over the layer's weight scale, so batch-norm nets would show a trend made of init constants and of the
 input size (ResNet-50's raw first/last ratio: 214 at 64x64, 70 at 224x224).
 
 The short run (`--steps` > 0, the CLI default) then judges the harm. When every loss stays finite,
@@ -53,10 +54,9 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import replace
 from typing import TYPE_CHECKING
 
-from diagnose.checks._signal import flow_layers, trained_normally
+from diagnose.checks._signal import flow_layers, relaxed_when_trained
 from diagnose.checks._trends import at_or_above, gradient_trend_finding
 from diagnose.findings import Finding
 from diagnose.severity import Severity
@@ -82,15 +82,7 @@ def check(evidence: Evidence, thresholds: Mapping[str, float]) -> list[Finding]:
         fires=at_or_above,
     )
     if finding is not None:
-        trained, words = trained_normally(evidence)
-        if trained:
-            # The short run is the judge of harm: a trend that training shrugs off is a fact, not a fault.
-            return [replace(
-                finding, severity=Severity.INFO, title="Gradients grow toward the input, and training copes",
-                message=f"{finding.message}, but the short run trained normally ({words})",
-                evidence={**finding.evidence, "short_run_trained": True},
-            )]
-        return [finding]
+        return [relaxed_when_trained(evidence, finding, title="Gradients grow toward the input, and training copes")]
     huge = [
         r for r in flow_layers(evidence.layers)
         if r.gradient.rms is not None and math.isfinite(r.gradient.rms) and r.gradient.rms > thresholds["huge_rms"]

@@ -52,7 +52,7 @@ import math
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
-from diagnose.checks._signal import std_ratio, trained_normally, update_ratios
+from diagnose.checks._signal import relaxed_when_trained, std_ratio, update_ratios
 from diagnose.findings import Finding
 from diagnose.severity import Severity
 
@@ -111,15 +111,13 @@ def check(evidence: Evidence, thresholds: Mapping[str, float]) -> list[Finding]:
     # Large relative steps that the loss takes in its stride (it falls, below chance, and keeps
     # its gains) are a fact worth knowing, not a fault: ResNet-50's head moves ~0.2 of its norm per
     # step at lr 0.01 and the loss falls from 2.3 to 0.1.
-    trained, words = trained_normally(evidence)
-    return [Finding(
-        id=ID, severity=Severity.INFO if trained else Severity.WARNING, title="Weight updates are too large",
+    return [relaxed_when_trained(evidence, Finding(
+        id=ID, severity=Severity.WARNING, title="Weight updates are too large",
         message=(f"each step changes {worst.name} by {value:.2g} of its norm on average "
-                 f"({run.optimizer}, lr={run.lr:g}); ~1e-3 is typical"
-                 + (f"; the short run still trained ({words})" if trained else "")),
+                 f"({run.optimizer}, lr={run.lr:g}); ~1e-3 is typical"),
         layers=tuple(r.name for r, _ in high),
         evidence={**numbers, "max_update_ratio": value},
-    )]
+    ))]
 
 
 def against_scheme_scale(ratio: float, initial) -> float:

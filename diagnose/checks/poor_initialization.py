@@ -58,7 +58,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from diagnose.checks._signal import (
@@ -68,6 +67,7 @@ from diagnose.checks._signal import (
     fmt_ratio,
     output_gradient_norm,
     plain_runs,
+    relaxed_when_trained,
     std_ratio,
     trained_normally,
 )
@@ -117,16 +117,8 @@ def check(evidence: Evidence, thresholds: Mapping[str, float]) -> list[Finding]:
     finding = _judge_normalised_inputs(evidence, thresholds)
     if finding is not None:
         findings.append(finding)
-    if findings:
-        trained, words = trained_normally(evidence)
-        if trained:
-            # Off-scale weights whose effect the short run shrugs off (AlexNet at PyTorch's default
-            # init: the signal shrinks ~100x over 8 layers, and it trains): a fact, not a fault.
-            findings = [
-                replace(f, severity=Severity.INFO, message=f"{f.message}; the short run still trained ({words})")
-                for f in findings
-            ]
-    return findings
+    # Off-scale weights whose effect the short run shrugs off: a fact, not a fault.
+    return [relaxed_when_trained(evidence, f) for f in findings]
 
 
 def reading_normalised_input(layers) -> list[tuple[LayerRecord, float]]:

@@ -63,7 +63,7 @@ import math
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
-from diagnose.checks._signal import trained_normally
+from diagnose.checks._signal import run_outcome
 from diagnose.findings import Finding
 from diagnose.severity import Severity
 
@@ -102,6 +102,15 @@ def memory_horizon(flow: RecurrentFlow, floor: float) -> int | None:
     return None  # never falls that far within the sequence
 
 
+def reach_back(flow: RecurrentFlow, steps: int = 10) -> tuple[float, int] | None:
+    """(input gradient `steps` back, or as far as the sequence goes, / the last step's; how far back)."""
+    norms = flow.step_gradient_norms
+    if len(norms) < 2 or not norms[-1] > 0.0:
+        return None
+    back = min(steps, len(norms) - 1)
+    return norms[-1 - back] / norms[-1], back
+
+
 def back_in_time_growth(flow: RecurrentFlow) -> tuple[float, int] | None:
     """(largest input gradient / the last step's, how many steps back it is), if measurable."""
     norms = flow.step_gradient_norms
@@ -123,9 +132,7 @@ def check(evidence: Evidence, thresholds: Mapping[str, float]) -> list[Finding]:
         horizon = memory_horizon(flow, thresholds["gradient_floor"])
         if horizon is None or horizon > thresholds["horizon"]:
             continue
-        norms = flow.step_gradient_norms
-        back = min(10, flow.steps - 1)
-        reach = norms[-1 - back] / norms[-1]
+        reach, back = reach_back(flow)
         cause = ""
         if flow.forget_bias is not None and flow.forget_bias < 0:
             gate = 1.0 / (1.0 + math.exp(-flow.forget_bias))
@@ -153,10 +160,7 @@ def check(evidence: Evidence, thresholds: Mapping[str, float]) -> list[Finding]:
 
 
 def _exploding(evidence: Evidence, flow: RecurrentFlow, growth: float, back: int) -> Finding:
-    trained, words = trained_normally(evidence)
-    outcome = ""
-    if evidence.run.steps > 0:
-        outcome = f"; the short run {'still trained' if trained else 'did not train'} ({words or 'loss not finite'})"
+    trained, outcome = run_outcome(evidence)
     return Finding(
         id=ID,
         severity=Severity.WARNING if trained else Severity.ERROR,

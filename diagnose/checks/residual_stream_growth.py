@@ -64,7 +64,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from diagnose.checks._signal import (
-    STACK_KINDS, by_index, fmt_ratio, is_finite_positive, log_linear_change, plain_runs, trained_normally,
+    STACK_KINDS, by_index, fmt_ratio, is_finite_positive, log_linear_change, plain_runs, run_outcome,
 )
 from diagnose.findings import Finding
 from diagnose.severity import Severity
@@ -120,13 +120,10 @@ def check(evidence: Evidence, thresholds: Mapping[str, float]) -> list[Finding]:
     longest_plain = max((sum(1 for r in run if r.name in names) for run in plain_runs(evidence.layers)), default=0)
     if longest_plain >= PLAIN_SHARE * len(chosen):
         return []  # one plain stack: activation-variance-explosion's finding
-    trained, words = trained_normally(evidence)
+    trained, outcome = run_outcome(evidence)
     ran = evidence.run.steps > 0
     severity = Severity.WARNING if trained else Severity.ERROR
     first, last = chosen[0], chosen[-1]
-    outcome = ""
-    if ran:
-        outcome = f"; the short run {'still trained' if trained else 'did not train'} ({words or 'loss not finite'})"
     return [Finding(
         id=ID,
         severity=severity,

@@ -20,10 +20,11 @@ are unsaturated in each, about the product of the layers' unsaturated shares. Ev
 activation with at least 10 % saturated counts toward it, and several such layers are an error
 when that product falls to 1 - `saturated_fraction_error` (twelve sigmoid layers with N(0, 1)
 weights, 35-55 % saturated each, leave ~1e-3 of the paths open), as one 90 %-saturated layer is.
+A `tanh()` called inside an activation module (the tanh approximation of GELU) is not judged on
+its own.
 
 Severity: error when the saturation shuts (nearly) every gradient path (the layers below will not
-train); warning otherwise (training is slowed). A `tanh()` called inside an activation module (the tanh approximation of GELU) is not judged
-on its own.
+train); warning otherwise (training is slowed).
 
 ## Example
 Six `Linear(64, 64)` + `Tanh` layers with weights from N(0, 1): pre-activations have a std of ~8
