@@ -70,7 +70,7 @@ def _bias_snippet(target: FixTarget) -> str:
         names = target.layers or ("<your LSTM>",)
         text = (
             "import torch\nimport torch.nn as nn\n\n"
-            "# remember by default: forget-gate bias +1 (PyTorch's gate order is input, forget, cell, output)\n"
+            "# forget-gate bias +1 (gate order: input, forget, cell, output)\n"
             f"for name in {list(names)!r}:\n"
             "    lstm = dict(model.named_modules())[name]\n"
             "    h = lstm.hidden_size\n"
