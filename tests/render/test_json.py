@@ -42,11 +42,30 @@ def _diverged_report():
 def test_nan_and_inf_give_strict_json():
     data = _strict_loads(render_json(_diverged_report()))
     layer = data["layers"][0]
-    assert layer["activation"]["mean"] == "nan"
-    assert layer["activation"]["std"] == "inf"
-    assert layer["gradient"]["norm"] == "-inf"
-    assert data["loss"]["history"] == [2.3, "inf", "nan"]
-    assert data["findings"][-1]["evidence"]["value"] == "nan"
+    # a number that is not finite is null, never a string where a number belongs ...
+    assert layer["activation"]["mean"] is None
+    assert layer["activation"]["std"] is None
+    assert layer["gradient"]["norm"] is None
+    assert data["loss"]["history"] == [2.3, None, None]
+    assert data["findings"][-1]["evidence"]["value"] is None
+    # ... and what it was is said once, by JSON pointer
+    said = data["nonfinite_values"]
+    assert said["/layers/0/activation/mean"] == "nan"
+    assert said["/layers/0/activation/std"] == "inf"
+    assert said["/layers/0/gradient/norm"] == "-inf"
+    assert said["/loss/history/1"] == "inf" and said["/loss/history/2"] == "nan"
+    assert said["/findings/3/evidence/value"] == "nan"
+    assert _no_strings_where_numbers_are(data)
+
+
+def _no_strings_where_numbers_are(data) -> bool:
+    """Every number-bearing field of the report is a number or null (strings only in text fields)."""
+    for layer in data["layers"]:
+        for group in ("activation", "gradient"):
+            for key, value in layer[group].items():
+                assert value is None or isinstance(value, (int, float)), (group, key, value)
+    assert all(v is None or isinstance(v, (int, float)) for v in data["loss"]["history"])
+    return True
 
 
 def test_json_is_to_dict_for_finite_reports(sick_report):
@@ -62,6 +81,11 @@ def test_contract_fields_present(sick_report):
     assert fix["verified"] == {"metric": "ratio_first_last", "before": 1.5e-7, "after": 0.41, "resolved": True}
 
 
-@pytest.mark.parametrize("value, expected", [(math.nan, "nan"), (math.inf, "inf"), (-math.inf, "-inf"), (1.5, 1.5)])
-def test_finite_json_scalars(value, expected):
-    assert finite_json({"x": (value,)}) == {"x": [expected]}
+@pytest.mark.parametrize("value, spelled", [(math.nan, "nan"), (math.inf, "inf"), (-math.inf, "-inf")])
+def test_finite_json_scalars(value, spelled):
+    assert finite_json({"x": (1.5, value)}) == {"x": [1.5, None], "nonfinite_values": {"/x/1": spelled}}
+
+
+def test_finite_json_leaves_finite_data_alone():
+    assert finite_json({"x": (1.5,), "a/b": {"c~": 2}}) == {"x": [1.5], "a/b": {"c~": 2}}
+    assert finite_json({"a/b": {"c~": math.nan}})["nonfinite_values"] == {"/a~1b/c~0": "nan"}
