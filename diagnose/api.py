@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from diagnose import progress
 from diagnose.checks import run_checks, validate_ids
 from diagnose.config import Settings
 from diagnose.errors import DiagnoseError
@@ -25,9 +26,11 @@ def run_check(settings: Settings) -> Report:
     started = time.perf_counter()
     validate_ids(settings.select, settings.ignore, settings.thresholds, settings.per_layer_ignores)
     device = resolve_device(settings.device)
+    progress.stage(f"loading {settings.model}")
     loaded = load_model(
         settings.model, weights=settings.weights, trust_pickle=settings.trust_pickle, device=str(device)
     )
+    progress.stage("preparing the inputs")
     batch = prepare_batch(
         loaded,
         input_shapes=settings.input_shapes,
@@ -111,6 +114,7 @@ def diagnose_loaded(
         from dataclasses import replace
 
         settings = replace(settings, loss=loss)  # a callable loss from the Python API
+    progress.announce(_plan(batch, settings))
     evidence, workload = collect_evidence(loaded, batch, settings)
     findings, checks_run = run_checks(
         evidence,
@@ -132,6 +136,14 @@ def diagnose_loaded(
         elapsed_s=time.perf_counter() - started,
         notes=_run_notes(evidence),
     )
+
+
+def _plan(batch: Batch, settings: Settings) -> str:
+    """What the run is about to do, said before it starts (a big model can take minutes)."""
+    shapes = ", ".join("x".join(str(d) for d in shape) for shape in batch.shapes)
+    steps = f", then {settings.steps} {settings.optimizer} steps at lr {settings.lr:g}" if settings.steps else ""
+    fixes = "; then each fix on a copy" if settings.try_fixes else ""
+    return f"{batch.origin} batch {shapes}: one pass at initialisation{steps}{fixes}"
 
 
 def _checks_that_ran(checks_run, evidence: Evidence) -> tuple[str, ...]:

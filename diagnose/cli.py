@@ -9,7 +9,8 @@ from __future__ import annotations
 import os
 import sys
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, NoReturn, Optional, TextIO
 
@@ -28,6 +29,8 @@ EXIT_CANNOT_RUN = 2
 EXIT_INTERRUPTED = 130
 # Terminal width when stdout is not a terminal (pipes, CI logs): wide enough for the layer table.
 PIPE_WIDTH = 120
+# Below this the report's lines are mostly indentation; narrower terminals get lines that run over.
+MIN_WIDTH = 40
 
 app = typer.Typer(
     name="diagnose",
@@ -85,6 +88,8 @@ def check(
     ignore: Annotated[Optional[list[str]], typer.Option("--ignore", metavar="IDS", help="Skip these checks (comma-separated ids).")] = None,
     try_fixes: Annotated[Optional[bool], typer.Option("--try-fixes/--no-try-fixes", help="Apply each recommended fix to a copy of the model and report before/after.")] = None,
     config: Annotated[Optional[Path], typer.Option("--config", metavar="PATH", help="The pyproject.toml to read [tool.diagnose] from (default: the nearest one upward).")] = None,
+    verbose: Annotated[Optional[bool], typer.Option("--verbose", "-v", help="Every layer in the table and every fix's snippet (default: a summary of large tables, the first fix's snippet).")] = None,
+    quiet: Annotated[Optional[bool], typer.Option("--quiet", "-q", help="No progress display (shown on stderr only when it is a terminal).")] = None,
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False,
 ) -> None:
     """Probe MODEL, find why it will not train, and recommend fixes."""
@@ -111,6 +116,8 @@ def check(
             "select": split_ids(select) if select else None,
             "ignore": split_ids(ignore) if ignore else None,
             "try_fixes": try_fixes,
+            "verbose": verbose,
+            "quiet": quiet,
             "debug": debug or None,
         }
         settings = validate_settings(build_settings(flags, config))
@@ -120,11 +127,26 @@ def check(
 
         from diagnose import api  # imports torch: only here, never for --help/list/explain
 
-        report = api.run_check(settings)
+        with _progress_display(settings):
+            report = api.run_check(settings)
         _emit(report, settings)
         return report.exit_code(settings.fail_on)
 
     raise typer.Exit(_guarded(work, debug=debug))
+
+
+@contextmanager
+def _progress_display(settings: Settings) -> Iterator[None]:
+    """Progress on stderr while the check runs: only on a terminal, and not with --quiet."""
+    from diagnose.progress import listening
+
+    if settings.quiet or not (hasattr(sys.stderr, "isatty") and sys.stderr.isatty()):
+        yield
+        return
+    from diagnose.render.progress_display import ProgressDisplay
+
+    with ProgressDisplay(sys.stderr) as display, listening(display):
+        yield
 
 
 def known_check_ids() -> tuple[str, ...]:
@@ -157,7 +179,7 @@ def _emit(report: "Report", settings: Settings) -> None:
     from diagnose.render import render_json, render_junit, render_markdown, render_terminal
 
     human_stream = sys.stderr if settings.json_path == "-" else sys.stdout
-    human_stream.write(_terminal_text(report, human_stream, render_terminal))
+    human_stream.write(_terminal_text(report, human_stream, render_terminal, verbose=settings.verbose))
     human_stream.flush()
     if settings.json_path == "-":
         sys.stdout.write(render_json(report))
@@ -170,19 +192,28 @@ def _emit(report: "Report", settings: Settings) -> None:
         _write("--junit", settings.junit_path, render_junit(report, fail_on=settings.fail_on))
 
 
-def _terminal_text(report: "Report", stream: TextIO, render: Callable[..., str]) -> str:
+def _terminal_text(report: "Report", stream: TextIO, render: Callable[..., str], *, verbose: bool = False) -> str:
     """Colour only on a real terminal without NO_COLOR; ASCII bars when the stream cannot encode blocks."""
     is_tty = hasattr(stream, "isatty") and stream.isatty()
     color = is_tty and not os.environ.get("NO_COLOR")
-    width = PIPE_WIDTH
-    if is_tty:
-        try:
-            width = os.get_terminal_size(stream.fileno()).columns
-        except (OSError, ValueError):
-            width = PIPE_WIDTH
+    width = _report_width(stream, is_tty)
     encoding = (getattr(stream, "encoding", None) or "utf-8").lower()
     ascii_only = not encoding.replace("-", "").startswith("utf")
-    return render(report, width=width, color=color, ascii_only=ascii_only)
+    return render(report, width=width, color=color, ascii_only=ascii_only, verbose=verbose)
+
+
+def _report_width(stream: TextIO, is_tty: bool) -> int:
+    """COLUMNS when set (the POSIX convention; CI systems and `COLUMNS=80 diagnose ... | less` use
+    it), else the terminal's own width, else PIPE_WIDTH."""
+    columns = os.environ.get("COLUMNS", "").strip()
+    if columns.isdigit() and int(columns) >= MIN_WIDTH:
+        return int(columns)
+    if is_tty:
+        try:
+            return max(os.get_terminal_size(stream.fileno()).columns, MIN_WIDTH)
+        except (OSError, ValueError):
+            pass
+    return PIPE_WIDTH
 
 
 def _write(flag: str, path: str, text: str) -> None:

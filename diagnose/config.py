@@ -67,6 +67,10 @@ class Settings:
     ignore: tuple[str, ...] = ()
     try_fixes: bool = False
     debug: bool = False
+    # The terminal report: every layer and every fix's snippet (default: a summary of a large table).
+    verbose: bool = False
+    # No progress display on stderr (it is shown only when stderr is a terminal anyway).
+    quiet: bool = False
     # {"dead-relu": {"dead_fraction": 0.6}}: overrides of the checks' named thresholds
     thresholds: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
     # {"net.0": ("dead-relu",)}: findings of these ids drop these layers
@@ -96,6 +100,8 @@ _FILE_KEYS: dict[str, str] = {
     "select": "select",
     "ignore": "ignore",
     "try-fixes": "try_fixes",
+    "verbose": "verbose",
+    "quiet": "quiet",
     "thresholds": "thresholds",
     "per-layer-ignores": "per_layer_ignores",
 }
@@ -241,6 +247,8 @@ _FILE_TYPES: dict[str, tuple[type, ...]] = {
     "junit_path": (str,),
     "fail_on": (str,),
     "try_fixes": (bool,),
+    "verbose": (bool,),
+    "quiet": (bool,),
 }
 
 

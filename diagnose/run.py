@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 import probes
+from diagnose import progress
 from diagnose.cloning import clone_module
 from diagnose.config import OPTIMIZERS, Settings
 from diagnose.errors import DiagnoseError, one_line
@@ -174,6 +175,7 @@ def measure(module: nn.Module, workload: Workload) -> Measurements:
             loss, spec = _loss_of(output, workload, None)
             _backward(loss)
             recurrent = read_recurrent()
+        progress.advance()
         output_stats = describe_output(output)
         layers = tuple(session.collect())
         limitations = tuple(getattr(session, "limitations", ()))
@@ -197,6 +199,7 @@ def measure(module: nn.Module, workload: Workload) -> Measurements:
                     loss, _ = _loss_of(_forward(run_model, workload.batch), workload, spec)
                     value = float(loss.detach())
                     history.append(value)
+                    progress.advance()
                     if not math.isfinite(value):
                         nonfinite_step = step if nonfinite_step is None else nonfinite_step
                         break  # past a NaN loss every further step is noise
@@ -260,6 +263,7 @@ def collect_evidence(loaded: LoadedModel, batch: Batch, settings: Settings) -> t
         batch=batch, loss=settings.loss, steps=settings.steps, optimizer=settings.optimizer,
         lr=settings.lr, seed=settings.seed, device=device,
     )
+    progress.stage("probing, then a short run" if settings.steps else "probing", total=1 + settings.steps)
     measured = measure(loaded.module, workload)
     evidence = Evidence(
         model=ModelFacts(

@@ -30,6 +30,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
+from diagnose import progress
 from diagnose.checks import run_checks
 from diagnose.checks.recurrent_gradient_flow import reach_back
 from diagnose.checks.residual_stream_growth import stream_growth
@@ -86,14 +87,17 @@ def verify_findings(
     if evidence.run.steps == steps:
         baseline = evidence  # the user's own run already is the verification run
     else:
+        progress.stage("measuring the unchanged copy for the fixes", total=steps + 1)
         baseline = measure_evidence(module, run_workload, evidence)
     layers = evidence.layers
     outcomes: dict[str, _Outcome] = {}
+    distinct = len({fix.id for finding in findings for fix in finding.fixes})
     verified = []
     for finding in findings:
         results = []
         for fix in finding.fixes:
             if fix.id not in outcomes:
+                progress.stage(f"trying fix {len(outcomes) + 1} of {distinct}: {fix.id}", total=steps + 1)
                 outcomes[fix.id] = _try(fix.id, module, run_workload, layers, baseline)
             outcome = outcomes[fix.id]
             loss_after = _final_loss(outcome.evidence) if outcome.evidence is not None else None

@@ -153,8 +153,18 @@ def _resized_batch(loaded: "LoadedModel", example_batch: int | None, batch_size:
     if batch_size is not None:
         return batch_size
     if loaded.dynamic_batch and example_batch < TINY_EXAMPLE_BATCH:
-        return DEFAULT_BATCH_SIZE
+        return _affordable_batch(loaded, example_batch)
     return None
+
+
+def _affordable_batch(loaded: "LoadedModel", example_batch: int) -> int:
+    """DEFAULT_BATCH_SIZE for a cheap model; fewer samples (not under TINY_EXAMPLE_BATCH) for one
+    whose check would otherwise run for many minutes (diagnose/loading/cost.py)."""
+    from diagnose.loading.cost import forward_flops, proportionate_batch
+
+    flops = forward_flops(loaded.module, tuple(loaded.example_args or ()), dict(loaded.example_kwargs or {}))
+    per_sample = flops / example_batch if flops is not None else None
+    return proportionate_batch(per_sample, smallest=TINY_EXAMPLE_BATCH, largest=DEFAULT_BATCH_SIZE)
 
 
 def _from_declared_shapes(loaded: "LoadedModel", batch_size: int | None, seed: int, device: str) -> tuple:

@@ -9,6 +9,10 @@ def test_terminal_golden(sick_report, golden):
     golden("terminal_sick.txt", render_terminal(sick_report, width=120))
 
 
+def test_terminal_80_columns_golden(sick_report, golden):
+    golden("terminal_sick_80.txt", render_terminal(sick_report, width=80))
+
+
 def test_terminal_ascii_golden(sick_report, golden):
     golden("terminal_sick_ascii.txt", render_terminal(sick_report, width=120, ascii_only=True))
 
