@@ -123,7 +123,7 @@ def diagnose_loaded(
         thresholds=settings.thresholds,
         per_layer_ignores=settings.per_layer_ignores,
     )
-    checks_run = _checks_that_ran(checks_run, evidence)
+    checks_run, not_judged = _checks_that_judged(checks_run, evidence)
     findings = recommend(findings, evidence)
     if settings.try_fixes and findings:
         from diagnose.verify import verify_findings
@@ -133,6 +133,7 @@ def diagnose_loaded(
         evidence=evidence,
         findings=tuple(findings),
         checks_run=tuple(checks_run),
+        checks_not_judged=not_judged,
         elapsed_s=time.perf_counter() - started,
         notes=_run_notes(evidence),
     )
@@ -146,14 +147,25 @@ def _plan(batch: Batch, settings: Settings) -> str:
     return f"{batch.origin} batch {shapes}: one pass at initialisation{steps}{fixes}"
 
 
-def _checks_that_ran(checks_run, evidence: Evidence) -> tuple[str, ...]:
-    """Dynamics checks judge nothing without a training run: they are not listed as passed."""
-    if evidence.run.steps > 0:
-        return tuple(checks_run)
-    from diagnose.checks import CHECKS
+def _checks_that_judged(checks_run, evidence: Evidence) -> tuple[tuple[str, ...], tuple[tuple[str, str], ...]]:
+    """The checks that had something to judge, and (id, why not) for those that ran on nothing.
 
-    needs_run = {spec.id for spec in CHECKS if spec.needs_run}
-    return tuple(c for c in checks_run if c not in needs_run)
+    A check that had no data did not pass: listing it as run would read as "checked, healthy".
+    """
+    from diagnose.checks import get
+
+    no_run = evidence.run.steps <= 0
+    no_activations = bool(evidence.layers) and all(r.activation.std is None for r in evidence.layers)
+    judged, not_judged = [], []
+    for check_id in checks_run:
+        spec = get(check_id)
+        if spec.needs_run and no_run:
+            not_judged.append((check_id, "no training steps (--steps 0)"))
+        elif spec.needs_activations and no_activations:
+            not_judged.append((check_id, "no activation statistics (module hooks could not run on this model)"))
+        else:
+            judged.append(check_id)
+    return tuple(judged), tuple(not_judged)
 
 
 def _run_notes(evidence: Evidence) -> tuple[str, ...]:

@@ -68,8 +68,8 @@ def _root(
 @app.command()
 def check(
     model: Annotated[str, typer.Argument(metavar="MODEL", help="model.pt2, model.ts.pt, model.pt, pkg.module:build or path/to/file.py:build")],
-    input_shape: Annotated[Optional[list[str]], typer.Option("--input-shape", metavar="SHAPE", help="Synthesize a standard-normal batch of this shape, e.g. 64,3,32,32 (repeat for several inputs).")] = None,
-    inputs: Annotated[Optional[str], typer.Option("--inputs", metavar="FILE", help="Real inputs: .pt / .npy / .npz.")] = None,
+    input_shape: Annotated[Optional[list[str]], typer.Option("--input-shape", metavar="SHAPE", help="Synthesize a batch of this shape, e.g. 64,3,32,32 (repeat for several positional inputs): standard-normal floats, or token ids in range when the model starts with an embedding (e.g. 8,128 for GPT-2).")] = None,
+    inputs: Annotated[Optional[str], typer.Option("--inputs", metavar="FILE", help="Real inputs: .pt / .npy / .npz holding a tensor, a tuple (positional inputs), a dict of keyword inputs (e.g. input_ids and decoder_input_ids for an encoder-decoder), or {'inputs': ..., 'targets': ...}.")] = None,
     targets: Annotated[Optional[str], typer.Option("--targets", metavar="FILE", help="Real targets: .pt / .npy / .npz.")] = None,
     loss: Annotated[Optional[str], typer.Option("--loss", metavar="LOSS", help="auto | cross-entropy | mse | MODULE:FN.")] = None,
     steps: Annotated[Optional[int], typer.Option("--steps", metavar="N", help="Optimizer steps of the short training run on a copy (default 20; 0 = one forward+backward only).")] = None,
@@ -266,10 +266,22 @@ def explain(
             text = render(rule_id)
         except KeyError as exc:
             raise DiagnoseError(f"unknown check or fix id {rule_id!r}; `diagnose list` shows them all") from exc
-        typer.echo(text.rstrip("\n"))
+        if sys.stdout.isatty():
+            _print_markdown(text)
+        else:
+            typer.echo(text.rstrip("\n"))  # piped or redirected: the Markdown itself, for a file or a pager
         return EXIT_OK
 
     raise typer.Exit(_guarded(work, debug=debug))
+
+
+def _print_markdown(text: str) -> None:
+    """A check's or fix's page rendered for a terminal: headings, lists and code blocks laid out."""
+    from rich.console import Console
+    from rich.markdown import Markdown
+
+    Console(highlight=False, emoji=False, no_color=bool(os.environ.get("NO_COLOR"))).print(
+        Markdown(text, code_theme="ansi_dark", inline_code_lexer=None))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -23,6 +23,8 @@ class Report:
     evidence: Evidence
     findings: tuple[Finding, ...]
     checks_run: tuple[str, ...] = ()
+    # (check id, why it had nothing to judge): selected, but its evidence could not be measured
+    checks_not_judged: tuple[tuple[str, str], ...] = ()
     elapsed_s: float | None = None
     notes: tuple[str, ...] = field(default_factory=tuple)  # e.g. what the short run did
 
@@ -87,6 +89,7 @@ class Report:
                 "batch_size": ev.run.batch_size,
                 "fixed_batch": ev.run.fixed_batch,
                 "checks": list(self.checks_run),
+                "checks_not_judged": [{"id": check_id, "reason": reason} for check_id, reason in self.checks_not_judged],
                 "notes": list(self.notes),
             },
             "layers": [_layer_dict(r, run) for r, run in _pair_run_records(ev)],

@@ -101,6 +101,19 @@ def test_torchscript_models_get_weight_and_gradient_checks_and_say_what_did_not_
     assert len(weighted) == 4
     assert all(layer["gradient"]["norm"] for layer in weighted)
     assert all(layer["activation"]["std"] is None for layer in data["layers"])
+    # the checks that read activations had nothing to judge: said, and not counted as passed
+    not_judged = {item["id"] for item in data["run"]["checks_not_judged"]}
+    assert {"dead-relu", "saturated-activations", "activation-variance-collapse"} <= not_judged
+    assert not not_judged & set(data["run"]["checks"])
+    assert {"vanishing-gradients", "poor-initialization", "lr-too-high"} <= set(data["run"]["checks"])
+
+
+def test_checks_of_the_run_are_not_judged_without_steps():
+    report = diagnose.check(_mlp(), torch.randn(32, 16), steps=0)
+    not_judged = dict(report.checks_not_judged)
+    assert set(not_judged) == {"lr-too-high", "lr-too-low", "loss-not-decreasing", "adagrad-deep-network"}
+    assert "--steps" in not_judged["lr-too-high"]
+    assert "dead-relu" in report.checks_run
 
 
 def test_a_lazy_model_is_checked_and_left_uninitialised():

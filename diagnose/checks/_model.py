@@ -17,7 +17,9 @@ class CheckSpec:
     module: ModuleType
     severity: Severity
     summary: str
-    needs_run: bool = False
+    needs_run: bool = False  # judges the short training run: nothing to judge with --steps 0
+    # judges activation statistics: nothing to judge where the forward hooks could not run (TorchScript)
+    needs_activations: bool = False
 
     @property
     def thresholds(self) -> Mapping[str, float]:

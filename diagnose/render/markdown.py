@@ -36,6 +36,9 @@ def render_markdown(report: Report) -> str:
     for note in report.notes:
         lines.append("")
         lines.append(f"> Note: {_escape(note)}")
+    for check_id, reason in report.checks_not_judged:
+        lines.append("")
+        lines.append(f"> Not judged: `{check_id}` had nothing to judge: {_escape(reason)}")
     lines.append("")
 
     findings = sorted(report.findings, key=lambda f: _SEVERITY_ORDER.index(f.severity))

@@ -542,6 +542,12 @@ def _recap(report: Report, width: int) -> list[Text]:
     if report.elapsed_s is not None:
         text.append(f" in {report.elapsed_s:.1f} s")
     lines = _fit(text, width, hang=2)
+    reasons: dict[str, list[str]] = {}
+    for check_id, reason in report.checks_not_judged:
+        reasons.setdefault(reason, []).append(check_id)
+    for reason, ids in reasons.items():
+        lines += _wrapped(f"{', '.join(ids)} had nothing to judge: {reason}", width, indent=2, hang=2,
+                          label=f"{len(ids)} not judged: ", label_style="yellow")
     serious = [f for f in _by_severity(report.findings) if f.severity is not Severity.INFO]
     id_width = max((len(f.id) for f in serious), default=0)
     for finding in serious:
