@@ -372,6 +372,7 @@ class _Layout:
     columns: tuple[_Column, ...]
     name_width: int  # a longer name takes a line of its own, its numbers on the next
     stacked: bool  # every layer on two lines: index and name, then the numbers
+    types: tuple[str, ...] = ()  # the layer types, when stacked without a type column
 
 
 # What goes, in order, when the table is wider than the terminal: the least informative first.
@@ -400,10 +401,13 @@ def _choose_layout(columns: list[_Column], width: int) -> _Layout:
             room = width - _line_width([c for c in candidate if c.key != "name"]) - 1
             if room >= need:
                 return _Layout(candidate, name_width=min(room, longest), stacked=False)
+    types = next((c.cells for c in columns if c.key == "type"), ())
     for candidate in candidates:
         if STACK_INDENT + _line_width(_numbers(candidate)) <= width:
-            return _Layout(candidate, name_width=0, stacked=True)
-    return _Layout(candidates[-1], name_width=0, stacked=True)  # narrower than any layout: lines run over
+            return _Layout(candidate, name_width=0, stacked=True,
+                           types=() if any(c.key == "type" for c in candidate) else types)
+    # narrower than any layout: the lines run over
+    return _Layout(candidates[-1], name_width=0, stacked=True, types=types)
 
 
 def _numbers(columns: Sequence[_Column]) -> list[_Column]:
@@ -448,7 +452,10 @@ def _table_lines(layout: _Layout, shown: Sequence[int], nonfinite: Sequence[bool
         if layout.stacked or len(name) > layout.name_width:
             # the whole name on its own line, the numbers under it: a name is never cut
             head_cells = [cell for c, cell in zip(columns, cells) if c.key in _NAME_KEYS]
-            lines.append(_styled(_row_text(heads, head_cells, [c.width if c.key != "name" else 0 for c in heads]), style))
+            name_line = _row_text(heads, head_cells, [c.width if c.key != "name" else 0 for c in heads])
+            if layout.stacked and layout.types:
+                name_line.append(f" ({layout.types[row]})", style="dim")  # the type column went; its word stays
+            lines.append(_styled(name_line, style))
             if layout.stacked:
                 lines.append(_styled(Text(" " * STACK_INDENT) + _row_text(
                     numbers, [c.cells[row] for c in numbers], [c.width for c in numbers]), style))
