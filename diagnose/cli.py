@@ -262,10 +262,7 @@ def explain(
     def work() -> int:
         from diagnose.explain import render
 
-        try:
-            text = render(rule_id)
-        except KeyError as exc:
-            raise DiagnoseError(f"unknown check or fix id {rule_id!r}; `diagnose list` shows them all") from exc
+        text = render(rule_id)  # DiagnoseError, listing the valid ids, for an unknown one
         if sys.stdout.isatty():
             _print_markdown(text)
         else:
