@@ -354,7 +354,7 @@ def fake_registry(monkeypatch):
     def render(rule_id: str) -> str:
         if rule_id == "dead-relu":
             return "# dead-relu\n\n## What it detects\n..."
-        raise KeyError(rule_id)
+        raise DiagnoseError(f"unknown check or fix id {rule_id!r}")  # as the real one does
 
     explain.render = render
     for name, module in (("checks", checks), ("fixes", fixes), ("explain", explain)):
