@@ -10,13 +10,21 @@ from diagnose.severity import Severity
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Verification:
-    """Before/after of the measure that triggered a finding, when a fix was tried on a copy."""
+    """Before/after of the measure that triggered a finding, when a fix was tried on a copy.
+
+    `resolved` is true only when the check no longer fires on the fixed copy and the copy's
+    short-run loss (`loss_after`) is not clearly worse than the unchanged copy's (`loss_before`);
+    `loss_worse` says the second condition failed (diagnose/verify.py defines "clearly worse").
+    """
 
     metric: str
     before: float | None
     after: float | None
     resolved: bool
     note: str | None = None
+    loss_before: float | None = None  # the unchanged copy's loss at the end of the short run
+    loss_after: float | None = None  # the fixed copy's, on the same batch, seed and steps
+    loss_worse: bool = False
 
     def to_dict(self) -> dict[str, object]:
         data: dict[str, object] = {
@@ -24,6 +32,9 @@ class Verification:
             "before": self.before,
             "after": self.after,
             "resolved": self.resolved,
+            "loss_before": self.loss_before,
+            "loss_after": self.loss_after,
+            "loss_worse": self.loss_worse,
         }
         if self.note:
             data["note"] = self.note

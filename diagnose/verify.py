@@ -7,16 +7,20 @@ seed and loss) and the same check is run on it. The fix's `verified` field then 
 
 - `metric`, `before`, `after`: the measure that triggered the finding (the first/last gradient
   ratio, the largest dead fraction, the loss after the run...), on the original and on the fixed copy;
-- `resolved`: the same check no longer fires on the fixed copy;
-- `note`: what was changed, and the loss after the short run before -> after (what the user cares
-  about in the end).
+- `loss_before`, `loss_after`: the loss at the end of the short run, unchanged and fixed copy (what
+  the user cares about in the end);
+- `resolved`: the same check no longer fires on the fixed copy *and* its loss is not clearly worse
+  (`training_worse`: a fix that silences a check by wrecking training cures nothing);
+- `note`: what was changed.
 
 A fix that was tried and did not help stays in the list with `resolved: false`: knowing that a
 plausible fix does not work here is information. A fix that cannot be applied automatically to this
-model (skip connections, a wider layer, a schedule a short run cannot show) keeps `verified: null`,
-as the contract says for fixes that were not run. Fixes are ordered by verified effect: resolved
-ones first, by the loss after the run; then the unresolved ones by how far the triggering measure
-moved toward healthy, then by the loss; fixes that were not run come last, in the recommender's order.
+model (a schedule a short run cannot show, a structure the rebuild does not understand) keeps
+`verified: null` and says why in `not_verified`, as the contract says for fixes that were not run.
+Fixes are ordered by what they do to training: resolved ones first, by the loss after the run; then
+the unresolved ones that left training no worse, by how far the triggering measure moved toward
+healthy, then by the loss; then those that made training worse or did not run; fixes that were not
+tried come last, in the recommender's order.
 
 Before and after are measured under the same workload: a short run of `max(steps, VERIFY_STEPS)`
 steps even when the user asked for none, with the baseline measured once and every distinct fix
@@ -62,6 +66,16 @@ HEALTHY_UPDATE_RATIO = 1e-3
 GAIN_RESOLUTION = 1
 # The loss ratio (final / initial) stands in for checks without a measure of their own.
 LOSS_RATIO = "loss_final_over_initial"
+# "Clearly worse" training, judged on the loss at the end of the short run. A fixed copy may end
+# above the unchanged one by noise: a re-initialised copy starts from another random draw, whose
+# loss at init differs by a few percent (LOSS_NOISE of the starting loss). Beyond that, a fix that
+# gives back more than a quarter of the progress the unchanged copy made over the run
+# (WORSE_SHARE_OF_DROP of its loss drop) is worse, whatever it does to the metric: on a ResNet-50
+# that fits its batch to 0.0045, clipping at a constant 1.0 ended at 4.14 and must not count as a
+# cure. Measured against the drop, not the level, so an already-low loss is not judged by ratios
+# of tiny numbers. A loss that is not finite after the run is always worse.
+LOSS_NOISE = 0.05
+WORSE_SHARE_OF_DROP = 0.25
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,9 +113,7 @@ def verify_findings(
             if fix.id not in outcomes:
                 progress.stage(f"trying fix {len(outcomes) + 1} of {distinct}: {fix.id}", total=steps + 1)
                 outcomes[fix.id] = _try(fix.id, module, run_workload, layers, baseline)
-            outcome = outcomes[fix.id]
-            loss_after = _final_loss(outcome.evidence) if outcome.evidence is not None else None
-            results.append((_judge(finding, fix, baseline, outcome, settings, steps), loss_after))
+            results.append(_judge(finding, fix, baseline, outcomes[fix.id], settings))
         verified.append(finding.with_fixes(_ranked(results)))
     return verified
 
@@ -146,14 +158,15 @@ def _try(fix_id: str, module, workload, layers, baseline: Evidence) -> _Outcome:
 
 
 def _judge(
-    finding: Finding, fix: FixSuggestion, baseline: Evidence, outcome: _Outcome, settings: Settings, steps: int
+    finding: Finding, fix: FixSuggestion, baseline: Evidence, outcome: _Outcome, settings: Settings
 ) -> FixSuggestion:
     if outcome.not_applicable is not None:
         return replace(fix, verified=None, not_verified=outcome.not_applicable)
     metric, before = finding_metric(finding, baseline)
+    loss_before = _final_loss(baseline)
     if outcome.evidence is None:
         return replace(fix, verified=Verification(
-            metric=metric, before=before, after=None, resolved=False, note=outcome.failed,
+            metric=metric, before=before, after=None, resolved=False, note=outcome.failed, loss_before=loss_before,
         ))
     _, after = finding_metric(finding, outcome.evidence)
     still, _ = run_checks(
@@ -162,10 +175,31 @@ def _judge(
         thresholds={finding.id: settings.thresholds[finding.id]} if finding.id in settings.thresholds else None,
         per_layer_ignores=settings.per_layer_ignores,
     )
-    resolved = not any(f.id == finding.id for f in still)
-    loss_before, loss_after = _final_loss(baseline), _final_loss(outcome.evidence)
-    note = f"{outcome.change}; loss after {steps} steps {_fmt(loss_before)} -> {_fmt(loss_after)}"
-    return replace(fix, verified=Verification(metric=metric, before=before, after=after, resolved=resolved, note=note))
+    cleared = not any(f.id == finding.id for f in still)
+    loss_after = _final_loss(outcome.evidence)
+    worse = training_worse(_initial_loss(baseline), loss_before, loss_after)
+    return replace(fix, verified=Verification(
+        metric=metric, before=before, after=after, resolved=cleared and not worse, note=outcome.change,
+        loss_before=loss_before, loss_after=loss_after, loss_worse=worse,
+    ))
+
+
+def training_worse(initial: float | None, loss_before: float | None, loss_after: float | None) -> bool:
+    """Whether the fixed copy's short-run loss is clearly worse than the unchanged copy's.
+
+    `initial` is the unchanged copy's loss at init, `loss_before`/`loss_after` the two copies'
+    losses at the end of the same run (LOSS_NOISE and WORSE_SHARE_OF_DROP say why these bounds).
+    """
+    if loss_after is None:
+        return False  # no run, nothing to judge by
+    if not math.isfinite(loss_after):
+        return True
+    if loss_before is None or not math.isfinite(loss_before):
+        return False  # from a diverged run, any finite loss is progress
+    start = initial if initial is not None and math.isfinite(initial) else loss_before
+    drop = max(start - loss_before, 0.0)
+    tolerance = max(WORSE_SHARE_OF_DROP * drop, LOSS_NOISE * abs(start))
+    return loss_after > loss_before + tolerance
 
 
 # ---------------------------------------------------------------------------------------------
@@ -292,6 +326,11 @@ def _final_loss(evidence: Evidence) -> float | None:
     return None if loss is None else loss.final
 
 
+def _initial_loss(evidence: Evidence) -> float | None:
+    loss = evidence.loss
+    return None if loss is None else loss.initial
+
+
 def _loss_ratio(evidence: Evidence) -> float | None:
     loss = evidence.loss
     if loss is None or loss.initial is None or loss.final is None or loss.initial == 0:
@@ -299,34 +338,32 @@ def _loss_ratio(evidence: Evidence) -> float | None:
     return loss.final / loss.initial
 
 
-def _fmt(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.3g}"
-
-
 # ---------------------------------------------------------------------------------------------
 # Ordering
 
 
-def _ranked(results: list[tuple[FixSuggestion, float | None]]) -> tuple[FixSuggestion, ...]:
-    """Tried fixes by verified effect, best first; fixes that could not be tried last, in order."""
-    tried = [(i, fix, loss) for i, (fix, loss) in enumerate(results) if fix.verified is not None]
-    untried = [fix for fix, _ in results if fix.verified is None]
-    tried.sort(key=lambda item: _effect_key(item[1].verified, item[2], item[0]))
-    return tuple(fix for _, fix, _ in tried) + tuple(untried)
+def _ranked(results: list[FixSuggestion]) -> tuple[FixSuggestion, ...]:
+    """Tried fixes by what they did to training, best first; fixes that could not be tried last, in order."""
+    tried = [(i, fix) for i, fix in enumerate(results) if fix.verified is not None]
+    untried = [fix for fix in results if fix.verified is None]
+    tried.sort(key=lambda item: _effect_key(item[1].verified, item[0]))
+    return tuple(fix for _, fix in tried) + tuple(untried)
 
 
-def _effect_key(verification: Verification, loss_after: float | None, position: int) -> tuple:
+def _effect_key(verification: Verification, position: int) -> tuple:
     """Resolved fixes first, best loss after the run first (once the check is satisfied, the
-    training outcome is what tells cures apart); then unresolved ones by how far they moved the
-    triggering measure toward healthy, ties (within GAIN_RESOLUTION) settled by the loss."""
+    training outcome is what tells cures apart); then unresolved ones that left training no worse,
+    by how far they moved the triggering measure toward healthy, ties (within GAIN_RESOLUTION)
+    settled by the loss; then those that made training worse or did not run, by the loss."""
+    loss_after = verification.loss_after
     loss = loss_after if loss_after is not None and math.isfinite(loss_after) else math.inf
     if verification.resolved:
         return (0, 0.0, loss, position)
+    if verification.loss_worse or verification.after is None:
+        return (2, 0.0, loss, position)
     before = badness(verification.metric, verification.before)
     after = badness(verification.metric, verification.after)
-    if before is None or after is None:
-        gain = -math.inf if verification.after is None else 0.0  # did not run: below any measured trial
-    elif math.isinf(before) and math.isinf(after):
+    if before is None or after is None or (math.isinf(before) and math.isinf(after)):
         gain = 0.0
     else:
         gain = before - after

@@ -109,12 +109,26 @@ def verification_label(verified: Verification) -> str:
 
 
 def verification(verified: Verification) -> str:
-    """`ratio_first_last 1.0e-09 -> 0.4 (resolved)`, or says the fix did not cure it."""
-    outcome = "resolved" if verified.resolved else "did not help: the check still fires"
+    """`ratio_first_last 1.0e-09 -> 0.4 (resolved)`, or says why the fix did not cure it."""
+    if verified.resolved:
+        outcome = "resolved"
+    elif verified.loss_worse:
+        outcome = "not resolved: training got worse"
+    else:
+        outcome = "did not help: the check still fires"
     text = f"{verified.metric} {number(verified.before)} -> {number(verified.after)} ({outcome})"
     if verified.note:
         text += f"; {verified.note}"
     return text
+
+
+def loss_change(verified: Verification) -> str | None:
+    """`short-run loss 2.29 -> 1.47`: the unchanged and the fixed copy's loss at the end of the run."""
+    if verified.loss_before is None and verified.loss_after is None:
+        return None
+    before = number(verified.loss_before, LOSS_DIGITS)
+    after = number(verified.loss_after, LOSS_DIGITS)
+    return f"short-run loss {before} -> {after}"
 
 
 def shapes(input_shapes: Sequence[Sequence[int]]) -> str:

@@ -80,7 +80,9 @@ def _finding_text(finding: Finding) -> str:
     for rank, fix in enumerate(finding.fixes, start=1):
         lines.append(f"fix {rank}: {fix.id}: {fix.title}")
         if fix.verified is not None:
-            lines.append(f"  {fmt.verification_label(fix.verified)}: {fmt.verification(fix.verified)}")
+            loss = fmt.loss_change(fix.verified)
+            lines.append(f"  {fmt.verification_label(fix.verified)}: {fmt.verification(fix.verified)}"
+                         + (f"; {loss}" if loss else ""))
     return "\n".join(lines)
 
 

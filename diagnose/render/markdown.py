@@ -76,7 +76,8 @@ def _fix(rank: int, fix: FixSuggestion) -> list[str]:
         lines.append(f"   {_escape(fix.rationale)}")
     if fix.verified is not None:
         label = fmt.verification_label(fix.verified).capitalize()
-        lines.append(f"   {label}: {_escape(fmt.verification(fix.verified))}.")
+        loss = fmt.loss_change(fix.verified)
+        lines.append(f"   {label}: {_escape(fmt.verification(fix.verified))}" + (f"; {_escape(loss)}." if loss else "."))
     elif fix.not_verified:
         lines.append(f"   Not tried: {_escape(fix.not_verified)}.")
     lines.append("")

@@ -78,7 +78,22 @@ def test_contract_fields_present(sick_report):
     assert data["summary"] == {"status": "error", "errors": 1, "warnings": 1, "infos": 1}
     assert [layer["name"] for layer in data["layers"]][:2] == ["net.0", "net.1"]
     fix = data["findings"][2]["fixes"][0]
-    assert fix["verified"] == {"metric": "ratio_first_last", "before": 1.5e-7, "after": 0.41, "resolved": True}
+    assert fix["verified"] == {"metric": "ratio_first_last", "before": 1.5e-7, "after": 0.41, "resolved": True,
+                               "loss_before": 2.3021, "loss_after": 1.4693, "loss_worse": False}
+
+
+def test_a_nonfinite_loss_after_a_fix_is_null(sick_report):
+    from dataclasses import replace
+
+    finding = sick_report.findings[2]
+    fix = finding.fixes[0]
+    diverged = replace(fix.verified, resolved=False, loss_after=math.nan, loss_worse=True)
+    report = replace(sick_report, findings=(*sick_report.findings[:2],
+                                            finding.with_fixes((replace(fix, verified=diverged),))))
+    data = _strict_loads(render_json(report))
+    verified = data["findings"][2]["fixes"][0]["verified"]
+    assert verified["loss_after"] is None and verified["loss_before"] == 2.3021
+    assert data["nonfinite_values"]["/findings/2/fixes/0/verified/loss_after"] == "nan"
 
 
 @pytest.mark.parametrize("value, spelled", [(math.nan, "nan"), (math.inf, "inf"), (-math.inf, "-inf")])

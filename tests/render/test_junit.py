@@ -67,3 +67,9 @@ def test_hostile_text_is_escaped():
     assert 'layer "a<b>&c"' in failure.get("message")
     assert "]]>" in failure.text
     assert root.get("tests") == str(len(report.checks_run) + 1)
+
+
+def test_verified_fixes_show_the_short_run_loss_before_and_after():
+    report = build_sick_report()
+    text = render_junit(report)
+    assert "verified: ratio_first_last 1.5e-07 -&gt; 0.41 (resolved); short-run loss 2.302 -&gt; 1.469" in text

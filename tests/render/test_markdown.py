@@ -71,3 +71,12 @@ def test_healthy_report():
     text = render_markdown(build_healthy_report())
     assert "**HEALTHY**" in text and "No findings." in text
     assert "| update" not in text  # no short run, no update column
+
+
+def test_a_fix_that_makes_training_worse_says_so_with_both_losses(sick_report):
+    finding = sick_report.findings[2]
+    fix = finding.fixes[0]
+    worse = replace(fix.verified, resolved=False, loss_before=0.0045, loss_after=4.14, loss_worse=True)
+    report = replace(sick_report, findings=(*sick_report.findings[:2], finding.with_fixes((replace(fix, verified=worse),))))
+    text = render_markdown(report)
+    assert "Tried: ratio\\_first\\_last 1.5e-07 -> 0.41 (not resolved: training got worse); short-run loss 4.5e-03 -> 4.14." in text
