@@ -9,7 +9,12 @@ from probes.records import LayerRecord
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class LossTrace:
-    """The loss at initialisation and along the short run (history[0] is the initial loss)."""
+    """The loss at initialisation and along the short run (history[0] is the initial loss).
+
+    `gradient_norms[i]` is the total L2 norm of all parameter gradients at step i of the run,
+    before any clipping (empty without a run; one shorter than `history` when the run stopped at
+    a non-finite loss).
+    """
 
     kind: str  # "cross-entropy", "mse", or the user's MODULE:FN
     initial: float | None
@@ -18,6 +23,7 @@ class LossTrace:
     final: float | None = None
     history: tuple[float, ...] = ()
     model_computed: bool = False  # the model returned its own loss (HF-style `loss` field)
+    gradient_norms: tuple[float, ...] = ()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

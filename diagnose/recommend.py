@@ -27,6 +27,7 @@ from diagnose.checks.unnormalized_inputs import THRESHOLDS as INPUT_THRESHOLDS
 from diagnose.checks.unnormalized_inputs import unscaled
 from diagnose.findings import Finding, FixSuggestion
 from diagnose.fixes import FIXES, FixTarget
+from diagnose.fixes.optimization import measured_clip_norm
 from diagnose.severity import Severity
 
 if TYPE_CHECKING:
@@ -57,6 +58,7 @@ class _Context:
     optimizer: str
     lr: float
     inputs_unscaled: bool
+    clip: tuple[float, int] | None  # gradient-clipping's threshold from the short run, and its steps
 
     @property
     def depth(self) -> int:
@@ -111,6 +113,7 @@ def _context(evidence: Evidence) -> _Context:
     layers = tuple(by_index(evidence.layers))
     weighted = tuple(flow_layers(layers))
     kinds = {r.kind for r in layers}
+    loss = evidence.loss
     return _Context(
         layers=layers,
         weighted=weighted,
@@ -121,6 +124,7 @@ def _context(evidence: Evidence) -> _Context:
         optimizer=evidence.run.optimizer,
         lr=evidence.run.lr,
         inputs_unscaled=any(unscaled(s, INPUT_THRESHOLDS) for s in evidence.inputs),
+        clip=measured_clip_norm(loss.history, loss.gradient_norms) if loss is not None else None,
     )
 
 
@@ -145,7 +149,9 @@ def _deduplicate(choices: Sequence[_Choice]) -> list[_Choice]:
 def _target(context: _Context, layers: Sequence[str] = (), **extra) -> FixTarget:
     return FixTarget(
         layers=tuple(layers), optimizer=context.optimizer, lr=context.lr,
-        recurrent=context.has_recurrent, conv=context.has_conv, **extra,
+        recurrent=context.has_recurrent, conv=context.has_conv,
+        clip_norm=context.clip[0] if context.clip else None, clip_steps=context.clip[1] if context.clip else 0,
+        **extra,
     )
 
 

@@ -102,6 +102,7 @@ class Report:
                 "history": list(loss.history),
                 "kind": loss.kind,
                 "num_classes": loss.num_classes,
+                "gradient_norms": list(loss.gradient_norms),
             },
             "output": None if ev.output is None else {
                 "shape": list(ev.output.shape),

@@ -186,6 +186,10 @@ def measure(module: nn.Module, workload: Workload) -> Measurements:
         del initial_model, output, loss
 
         history: list[float] = []
+        # One total gradient norm per step, unclipped, kept on the device and read once with the
+        # run's records: a clipping threshold is chosen from them (the tuning playbook's 90th
+        # percentile), and reading each step's norm would add a host sync per step.
+        norms: list[torch.Tensor] = []
         run_layers: tuple = ()
         nonfinite_step = 0 if not math.isfinite(initial) else None
         if workload.steps > 0:
@@ -193,6 +197,7 @@ def measure(module: nn.Module, workload: Workload) -> Measurements:
             run_model = working_copy(module, workload.device)
             optimizer = make_optimizer(workload.optimizer, run_model.parameters(), workload.lr)
             scheduler = _warmup(optimizer, workload.warmup_steps)
+            trainable = [p for p in run_model.parameters() if p.requires_grad]
             with probes.attach(run_model) as session:
                 for step in range(workload.steps):
                     optimizer.zero_grad(set_to_none=True)
@@ -204,14 +209,14 @@ def measure(module: nn.Module, workload: Workload) -> Measurements:
                         nonfinite_step = step if nonfinite_step is None else nonfinite_step
                         break  # past a NaN loss every further step is noise
                     _backward(loss)
-                    if workload.clip_grad_norm is not None:
-                        torch.nn.utils.clip_grad_norm_(run_model.parameters(), workload.clip_grad_norm)
+                    norms.append(_total_gradient_norm(trainable, workload.clip_grad_norm))
                     optimizer.step()
                     if scheduler is not None:
                         scheduler.step()
             run_layers = tuple(session.collect())
             limitations += tuple(note for note in session.limitations if note not in limitations)
             del run_model, optimizer
+        gradient_norms = tuple(torch.stack(norms).float().tolist()) if norms else ()
     trace = LossTrace(
         kind=spec.kind,
         model_computed=spec.kind == "model",
@@ -220,12 +225,31 @@ def measure(module: nn.Module, workload: Workload) -> Measurements:
         num_classes=spec.num_classes,
         final=history[-1] if history else initial,
         history=tuple(history) if history else (initial,),
+        gradient_norms=gradient_norms,
     )
     return Measurements(
         layers=layers, run_layers=run_layers, loss=trace, nonfinite_loss_step=nonfinite_step,
         limitations=limitations, parameters=parameters, trainable_parameters=trainable, output=output_stats,
         recurrent=recurrent,
     )
+
+
+def _total_gradient_norm(params: list[torch.Tensor], clip: float | None) -> torch.Tensor:
+    """The L2 norm of every parameter's gradient as one vector, before any clipping (a 0-dim tensor),
+    and the gradients clipped to `clip` by that norm when asked.
+
+    One fused foreach norm (what `clip_grad_norm_` computes too, so a clipped run pays nothing more).
+    A sparse gradient (an `Embedding(sparse=True)`) counts by its coalesced values, which the
+    foreach norm cannot read in place.
+    """
+    with torch.no_grad():
+        grads = [p.grad for p in params if p.grad is not None]
+        if not grads:
+            return torch.zeros((), device=params[0].device if params else None)
+        total = torch.nn.utils.get_total_norm([g.coalesce().values() if g.is_sparse else g for g in grads])
+        if clip is not None:
+            torch.nn.utils.clip_grads_with_norm_(params, clip, total)
+        return total.detach()
 
 
 def describe_output(output) -> OutputStats | None:

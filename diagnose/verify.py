@@ -84,6 +84,7 @@ class _Outcome:
 
     evidence: Evidence | None
     change: str = ""
+    snippet: str | None = None  # the snippet for the values the trial measured and used
     not_applicable: str | None = None  # cannot be applied automatically, by design (verified stays None)
     failed: str | None = None  # tried and broke (rebuild or run): the note for a resolved=False verification
 
@@ -142,7 +143,7 @@ def _try(fix_id: str, module, workload, layers, baseline: Evidence) -> _Outcome:
     from diagnose.fixes.apply import FixNotApplicable, apply_fix
 
     try:
-        trial = apply_fix(fix_id, module, workload, layers)
+        trial = apply_fix(fix_id, module, workload, layers, run=baseline.loss)
     except FixNotApplicable as exc:
         return _Outcome(None, not_applicable=str(exc))
     except Exception as exc:  # a model the rebuild does not understand: say so on this fix, go on
@@ -154,7 +155,7 @@ def _try(fix_id: str, module, workload, layers, baseline: Evidence) -> _Outcome:
     except Exception as exc:  # a rebuilt model that cannot run is a result of the trial, not a crash
         return _Outcome(None, change=trial.change,
                         failed=f"{trial.change}; the fixed copy did not run ({one_line(exc)})")
-    return _Outcome(fixed, change=trial.change)
+    return _Outcome(fixed, change=trial.change, snippet=trial.snippet)
 
 
 def _judge(
@@ -162,6 +163,8 @@ def _judge(
 ) -> FixSuggestion:
     if outcome.not_applicable is not None:
         return replace(fix, verified=None, not_verified=outcome.not_applicable)
+    if outcome.snippet is not None:
+        fix = replace(fix, snippet=outcome.snippet)  # the value verified is the value proposed
     metric, before = finding_metric(finding, baseline)
     loss_before = _final_loss(baseline)
     if outcome.evidence is None:

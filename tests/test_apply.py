@@ -18,11 +18,12 @@ from torch.nn import functional as F
 import probes
 from diagnose.fixes.apply import (
     ADAM_LR,
-    CLIP_GRAD_NORM,
     LR_FACTOR,
     FixNotApplicable,
     apply_fix,
 )
+from diagnose.evidence import LossTrace
+from diagnose.fixes.optimization import DEFAULT_CLIP_NORM, measured_clip_norm
 from diagnose.loading import load_model
 from diagnose.loading.inputs import make_batch
 from diagnose.run import Workload
@@ -359,7 +360,7 @@ def test_batch_norm_on_an_export_rebuilds_eager_layers_sharing_the_weights(tmp_p
 @pytest.mark.parametrize(("fix_id", "field", "expected"), [
     ("lower-lr", "lr", 0.01 / LR_FACTOR),
     ("higher-lr", "lr", 0.01 * LR_FACTOR),
-    ("gradient-clipping", "clip_grad_norm", CLIP_GRAD_NORM),
+    ("gradient-clipping", "clip_grad_norm", DEFAULT_CLIP_NORM),  # no run given: nothing measured
     ("lr-warmup", "warmup_steps", 5),
 ])
 def test_workload_fixes_change_only_the_run(fix_id, field, expected, x):
@@ -417,3 +418,55 @@ def test_fixes_that_cannot_be_automated_say_so(fix_id, x):
     with pytest.raises(FixNotApplicable) as raised:
         apply_fix(fix_id, model, _workload(x), _records(model, x))
     assert str(raised.value)
+
+
+# ---------------------------------------------------------------------------------------------
+# Gradient clipping at a measured threshold
+
+
+def _trace(history, norms) -> LossTrace:
+    return LossTrace(kind="mse", initial=history[0], expected_initial=None, num_classes=None, final=history[-1],
+                     history=tuple(history), gradient_norms=tuple(norms))
+
+
+def test_the_clip_threshold_is_the_90th_percentile_of_the_measured_norms():
+    norms = [3.0, 1.0, 7.0, 2.0, 5.0, 4.0, 10.0, 6.0, 8.0, 9.0, 0.5]
+    losses = [2.0 - 0.1 * i for i in range(len(norms))]  # a run that trains: every step counts
+    expected = float(torch.quantile(torch.tensor(norms, dtype=torch.float64), 0.9))  # linear interpolation
+    assert measured_clip_norm(losses, norms) == (pytest.approx(expected), len(norms))
+
+
+def test_the_clip_threshold_ignores_the_steps_after_a_divergence():
+    losses = [2.3, 2.1, 1.9, 2.6, 9.0, float("nan")]
+    norms = [1.0, 2.0, 1.5, 40.0, 900.0]  # the loss rises above its start at step 3
+    threshold, steps = measured_clip_norm(losses, norms)
+    assert steps == 3
+    assert threshold == pytest.approx(float(torch.quantile(torch.tensor([1.0, 2.0, 1.5]), 0.9)))
+    assert measured_clip_norm([2.3, float("nan")], [float("inf")]) is None  # nothing finite to read
+    assert measured_clip_norm([2.3], []) is None
+
+
+def test_gradient_clipping_is_verified_at_the_measured_threshold_and_the_snippet_says_it(x):
+    model = nn.Sequential(nn.Linear(IN, OUT))
+    norms = [0.2, 0.4, 0.3, 0.8, 0.5]
+    trial = apply_fix("gradient-clipping", model, _workload(x), _records(model, x),
+                      run=_trace([1.0, 0.9, 0.8, 0.7, 0.6], norms))
+    threshold = float(torch.quantile(torch.tensor(norms), 0.9))
+    assert trial.workload.clip_grad_norm == pytest.approx(threshold)
+    assert f"max_norm={threshold:.3g}" in trial.snippet
+    assert "90th percentile" in trial.change
+
+
+def test_try_fixes_clips_at_the_percentile_of_the_unchanged_run():
+    """End to end: the threshold comes from the baseline run's own gradient norms."""
+    import diagnose
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(32, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10))
+    x = torch.randn(64, 32, generator=torch.Generator().manual_seed(1))
+    report = diagnose.check(model, x, steps=20, lr=10.0, try_fixes=True, select=["lr-too-high"])
+    (finding,) = report.findings
+    (clip,) = [fix for fix in finding.fixes if fix.id == "gradient-clipping"]
+    expected, _ = measured_clip_norm(report.evidence.loss.history, report.evidence.loss.gradient_norms)
+    assert f"max_norm={expected:.3g}" in clip.snippet
+    assert f"global norm {expected:.3g}" in clip.verified.note

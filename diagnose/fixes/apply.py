@@ -15,6 +15,8 @@ function while the fixed copy's forward runs.
 `layers` are the probe records of the original model at initialisation: they say which weighted
 layer is the output layer, which activation runs after it (left alone: it defines the output's
 range, not the hidden dynamics), and how many functional activation calls one forward makes.
+`run` is the unchanged copy's short run under the same workload: a fix whose setting is measured
+(gradient clipping's threshold) reads it there, and its trial carries the snippet with that value.
 """
 
 from __future__ import annotations
@@ -29,6 +31,9 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from diagnose.cloning import clone_module
+from diagnose.evidence import LossTrace
+from diagnose.fixes._model import FixTarget
+from diagnose.fixes.optimization import DEFAULT_CLIP_NORM, clip_snippet, measured_clip_norm
 from diagnose.loading.inputs import Batch, describe_input
 from diagnose.run import Workload
 from probes.records import LayerRecord
@@ -52,9 +57,6 @@ ALL_FAMILIES = frozenset(ACTIVATION_MODULES.values())
 
 # The LeakyReLU slope PyTorch and Keras default to; small enough to keep ReLU's sparsity.
 LEAKY_SLOPE = 0.01
-# Gradient clipping by global norm at 1.0: the value most recipes (and clip_grad_norm_ examples)
-# start from; it only bites on steps whose gradient is unusually large.
-CLIP_GRAD_NORM = 1.0
 # lower-lr / higher-lr move the learning rate by one decade, the step of an LR range search.
 LR_FACTOR = 10.0
 # Warm up over the first quarter of the short run: long enough to tame the first large updates,
@@ -94,12 +96,17 @@ class FixTrial:
     module: nn.Module
     workload: Workload
     change: str  # what was done, in words: "replaced 7 sigmoid activations with relu; He init on 8 layers"
+    snippet: str | None = None  # the fix's snippet for the values measured here (None: the recommender's stands)
 
 
-def apply_fix(fix_id: str, module: nn.Module, workload: Workload, layers: Sequence[LayerRecord]) -> FixTrial:
+def apply_fix(
+    fix_id: str, module: nn.Module, workload: Workload, layers: Sequence[LayerRecord], run: LossTrace | None = None
+) -> FixTrial:
     """Apply `fix_id` to a deep copy of `module` (and/or to the workload); raise FixNotApplicable."""
     if fix_id in NOT_AUTOMATIC:
         raise FixNotApplicable(NOT_AUTOMATIC[fix_id])
+    if fix_id == "gradient-clipping":
+        return clip_gradients(module, workload, run)
     if fix_id in _WORKLOAD_FIXES:
         new_workload, change = _WORKLOAD_FIXES[fix_id](workload)
         return FixTrial(module=module, workload=new_workload, change=change)
@@ -520,8 +527,19 @@ def _higher_lr(workload: Workload) -> tuple[Workload, str]:
     return replace(workload, lr=lr), f"learning rate {workload.lr:g} -> {lr:g}"
 
 
-def _clip(workload: Workload) -> tuple[Workload, str]:
-    return replace(workload, clip_grad_norm=CLIP_GRAD_NORM), f"gradients clipped to global norm {CLIP_GRAD_NORM:g}"
+def clip_gradients(module: nn.Module, workload: Workload, run: LossTrace | None) -> FixTrial:
+    """Clip by global norm at the threshold the unchanged copy's run measured (or the default)."""
+    measured = measured_clip_norm(run.history, run.gradient_norms) if run is not None else None
+    if measured is None:
+        target = FixTarget()
+        change = f"gradients clipped to global norm {DEFAULT_CLIP_NORM:g} (no gradient norm measured)"
+        threshold = DEFAULT_CLIP_NORM
+    else:
+        threshold, steps = measured
+        target = FixTarget(clip_norm=threshold, clip_steps=steps)
+        change = f"gradients clipped to global norm {threshold:.3g}, the 90th percentile of {steps} measured norms"
+    return FixTrial(module=module, workload=replace(workload, clip_grad_norm=threshold), change=change,
+                    snippet=clip_snippet(target))
 
 
 def _warmup(workload: Workload) -> tuple[Workload, str]:
@@ -572,7 +590,6 @@ def standardize_batch(batch: Batch) -> tuple[Batch, str]:
 _WORKLOAD_FIXES: dict[str, Callable[[Workload], tuple[Workload, str]]] = {
     "lower-lr": _lower_lr,
     "higher-lr": _higher_lr,
-    "gradient-clipping": _clip,
     "lr-warmup": _warmup,
     "change-optimizer": _change_optimizer,
 }

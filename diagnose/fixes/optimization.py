@@ -2,7 +2,17 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
+
 from diagnose.fixes._model import Fix, FixTarget
+
+# The Google tuning playbook: "Choose a gradient clipping threshold based on the 90th percentile of
+# gradient norms" (of the unclipped norms, logged over a run): ordinary steps pass untouched and
+# only the largest tenth is bounded.
+CLIP_PERCENTILE = 0.9
+# Without a measured run, 1.0: the value most recipes (and clip_grad_norm_ examples) start from.
+DEFAULT_CLIP_NORM = 1.0
 
 _TORCH_OPTIMIZERS = {
     "sgd": "torch.optim.SGD(model.parameters(), lr={lr})",
@@ -20,14 +30,54 @@ def optimizer_line(name: str, lr: float) -> str:
     return "optimizer = " + _TORCH_OPTIMIZERS.get(name, _TORCH_OPTIMIZERS["sgd"]).format(lr=f"{lr:g}")
 
 
-def _clip_snippet(target: FixTarget) -> str:
-    return (
-        "# in the training loop, between backward() and step()\n"
-        "loss.backward()\n"
-        "torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm=1.0)\n"
-        "# or, element-wise: torch.nn.utils.clip_grad_value_(model.parameters(), clip_value=0.5)\n"
-        "optimizer.step()"
-    )
+def measured_clip_norm(losses: Sequence[float], gradient_norms: Sequence[float]) -> tuple[float, int] | None:
+    """The clipping threshold for a run, the CLIP_PERCENTILE of its unclipped gradient norms, and
+    how many steps' norms it was read from.
+
+    `losses[i]` and `gradient_norms[i]` belong to step i (`LossTrace.history` and
+    `.gradient_norms`). The playbook's rule reads the norms of a run that trains; once a run
+    diverges its norms grow with the loss and their percentile would clip nothing. So only the
+    steps up to the first loss above the starting one count (at least the first step). None
+    when no finite norm was measured.
+    """
+    stable = []
+    start = losses[0] if losses else math.nan
+    for i, norm in enumerate(gradient_norms):
+        if stable and i < len(losses) and not losses[i] <= start:  # NaN compares false: divergence too
+            break
+        if math.isfinite(norm) and norm > 0:
+            stable.append(norm)
+    if not stable:
+        return None
+    stable.sort()
+    position = CLIP_PERCENTILE * (len(stable) - 1)
+    low = math.floor(position)
+    high = min(low + 1, len(stable) - 1)
+    return stable[low] + (stable[high] - stable[low]) * (position - low), len(stable)
+
+
+def clip_snippet(target: FixTarget) -> str:
+    if target.clip_norm is None:
+        why = [
+            f"# {DEFAULT_CLIP_NORM:g} is a common start; log the norm clip_grad_norm_ returns and set",
+            "# max_norm at its 90th percentile over a stretch of training (Google's tuning playbook)",
+        ]
+        max_norm = DEFAULT_CLIP_NORM
+    else:
+        steps = f"{target.clip_steps} steps of " if target.clip_steps else ""
+        why = [
+            f"# {target.clip_norm:.3g}: the 90th percentile of the gradient norms measured over",
+            f"# {steps}the short run (Google's tuning playbook); if over half of the steps get",
+            "# clipped, lower the learning rate instead",
+        ]
+        max_norm = target.clip_norm
+    return "\n".join([
+        "# in the training loop, between backward() and step()",
+        "loss.backward()",
+        *why,
+        f"torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm={max_norm:.3g})",
+        "optimizer.step()",
+    ])
 
 
 def _lower_snippet(target: FixTarget) -> str:
@@ -105,8 +155,11 @@ Exploding gradients show up as rare steps that are orders of magnitude larger th
 by norm rescales such a gradient to a fixed length without changing its direction, so the step is
 bounded while ordinary steps are untouched. Clipping by value caps each component instead, which
 can change the direction; the two behave differently, so it is worth trying both. The threshold is
-a hyperparameter: 1.0 is a common start, and logging the gradient norm shows where typical steps
-sit.
+a hyperparameter. Google's tuning playbook sets it at the 90th percentile of the unclipped gradient
+norms logged over a run, so ordinary steps pass and only the largest tenth is bounded; diagnose
+measures those norms in its short run (the steps before any divergence) and puts that number in the
+snippet, and `--try-fixes` verifies that threshold. Without a run, 1.0 is a common start. If more
+than half of the steps get clipped, the threshold is doing the learning rate's job: lower the rate.
 
 ## When not to use
 As a cure for a consistently too-large learning rate (lower it instead), or when gradients vanish
@@ -119,7 +172,7 @@ torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm=1.0)
 optimizer.step()
 ```
 """,
-    snippet=_clip_snippet,
+    snippet=clip_snippet,
 )
 
 LOWER_LR = Fix(
