@@ -27,6 +27,7 @@ from diagnose.checks.unnormalized_inputs import THRESHOLDS as INPUT_THRESHOLDS
 from diagnose.checks.unnormalized_inputs import unscaled
 from diagnose.findings import Finding, FixSuggestion
 from diagnose.fixes import FIXES, FixTarget
+from diagnose.fixes._model import ActivationCall
 from diagnose.fixes.optimization import measured_clip_norm
 from diagnose.severity import Severity
 
@@ -147,8 +148,16 @@ def _deduplicate(choices: Sequence[_Choice]) -> list[_Choice]:
 
 
 def _target(context: _Context, layers: Sequence[str] = (), **extra) -> FixTarget:
+    activations = [r for r in _records(context, layers) if r.kind == "activation"]
+    calls = tuple(
+        ActivationCall(name=r.name, family=r.activation_kind or r.type, owner=r.owner, after=r.input_from or None,
+                       calls=r.calls)
+        for r in activations if r.source == "function"
+    )
+    feeders = by_index({f.name: f for f in (preceding_weighted(context.layers, r) for r in activations) if f}.values())
     return FixTarget(
-        layers=tuple(layers), optimizer=context.optimizer, lr=context.lr,
+        layers=tuple(layers), calls=calls, feeders=tuple(f.name for f in feeders),
+        optimizer=context.optimizer, lr=context.lr,
         recurrent=context.has_recurrent, conv=context.has_conv,
         clip_norm=context.clip[0] if context.clip else None, clip_steps=context.clip[1] if context.clip else 0,
         **extra,
@@ -236,8 +245,12 @@ def _names(records: Sequence[LayerRecord], limit: int = 3) -> str:
 
 
 def _activation_records(context: _Context, families: Iterable[str]) -> list[LayerRecord]:
+    """The hidden activations of these families (an output activation after the last weighted layer
+    sets the output's range; swapping it is not the fix)."""
     wanted = set(families)
-    return [r for r in context.layers if r.kind == "activation" and r.activation_kind in wanted]
+    last = max((r.index for r in context.weighted), default=None)
+    return [r for r in context.layers
+            if r.kind == "activation" and r.activation_kind in wanted and (last is None or r.index < last)]
 
 
 def _hidden_feeders(context: _Context) -> list[LayerRecord]:

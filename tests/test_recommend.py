@@ -142,3 +142,99 @@ def test_a_stalled_loss_in_a_dead_network_points_at_the_dead_units():
     assert by_id["loss-not-decreasing"].evidence["likely_cause"] == "dead-relu"
     # the weights already have the He scale: re-initialising them is not offered as a cure
     assert "he-init" not in [fix.id for fix in by_id["dead-relu"].fixes]
+
+
+# ---------------------------------------------------------------- snippets that act on the user's model
+
+
+def _exec_snippet(snippet: str, model) -> None:
+    import torch
+    from torch import nn
+    from torch.nn import functional as F
+
+    exec(snippet, {"model": model, "nn": nn, "torch": torch, "F": F})  # noqa: S102 - our own snippet
+
+
+def _swap_snippet(model, inputs, fix_id="relu", check_id="vanishing-gradients"):
+    import diagnose
+
+    report = diagnose.check(model, inputs)
+    return next(f for f in _finding(report, check_id).fixes if f.id == fix_id).snippet
+
+
+class _FunctionalSigmoidMLP:
+    """Built lazily (torch imports inside tests): 8 sigmoid calls in the model's own forward."""
+
+    @staticmethod
+    def build():
+        import torch
+        from torch import nn
+
+        class Net(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.layers = nn.ModuleList(nn.Linear(32 if i == 0 else 64, 64) for i in range(8))
+                self.head = nn.Linear(64, 10)
+
+            def forward(self, x):
+                for layer in self.layers:
+                    x = torch.sigmoid(layer(x))
+                return self.head(x)
+
+        torch.manual_seed(0)
+        return Net()
+
+
+def test_relu_snippet_for_functional_sigmoid_names_the_forward_and_reinitialises_the_feeders():
+    import torch
+
+    model = _FunctionalSigmoidMLP.build()
+    snippet = _swap_snippet(model, torch.randn(64, 32))
+    assert "isinstance(module, nn.Sigmoid)" not in snippet  # a loop that would change nothing
+    assert "in the model's own forward(), 8 times per" in snippet
+    assert "torch.sigmoid(x) / F.sigmoid(x) / x.sigmoid()  ->  torch.relu(x)" in snippet
+    assert all(len(line) <= 80 for line in snippet.splitlines())
+    _exec_snippet(snippet, model)  # the executable part does something: He init on the 8 feeding layers
+    for layer in model.layers:
+        assert layer.weight.std().item() == pytest.approx((2 / layer.in_features) ** 0.5, rel=0.1)
+        assert torch.count_nonzero(layer.bias) == 0
+    assert model.head.weight.std().item() < 0.5 * (2 / 64) ** 0.5  # the output layer is left alone
+
+
+def test_relu_snippet_for_sigmoid_modules_swaps_the_hidden_ones_only():
+    import torch
+    from torch import nn
+
+    torch.manual_seed(0)
+    layers = []
+    for i in range(8):
+        layers += [nn.Linear(32 if i == 0 else 64, 64), nn.Sigmoid()]
+    model = nn.Sequential(*layers, nn.Linear(64, 1), nn.Sigmoid())  # a probability output stays a sigmoid
+    snippet = _swap_snippet(model, torch.randn(64, 32))
+    _exec_snippet(snippet, model)
+    kinds = [type(m).__name__ for m in model]
+    assert kinds[:16:2] == ["Linear"] * 8 and kinds[1:16:2] == ["ReLU"] * 8
+    assert kinds[-1] == "Sigmoid"
+
+
+def test_functional_activation_in_a_submodule_names_its_caller():
+    import torch
+    from torch import nn
+
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(32, 32)
+
+        def forward(self, x):
+            return torch.tanh(self.fc(x))
+
+    torch.manual_seed(0)
+    model = nn.Sequential(*[Block() for _ in range(6)], nn.Linear(32, 10))
+    for block in list(model)[:6]:
+        nn.init.normal_(block.fc.weight, 0.0, 1.0)  # saturates every tanh
+    report = __import__("diagnose").check(model, torch.randn(64, 32))
+    relu = next(f for f in _finding(report, "saturated-activations").fixes if f.id == "relu")
+    assert "forward() of '0', '1', '2', ... '5'" in relu.snippet
+    assert "on the outputs of 0.fc, 1.fc, 2.fc, ... 5.fc" in relu.snippet
+    assert "torch.tanh(x) / F.tanh(x) / x.tanh()  ->  torch.relu(x)" in relu.snippet

@@ -7,10 +7,25 @@ from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class ActivationCall:
+    """An activation called as a function inside a module's `forward`: there is no module to swap."""
+
+    name: str  # the probes' name for it: "sigmoid()", "sigmoid()#2"
+    family: str  # sigmoid, tanh, relu, ...
+    owner: str  # the module whose forward calls it; "" for the model's own forward
+    after: str | None = None  # the layer whose output it reads, when the probes saw it
+    calls: int = 1  # calls per forward
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class FixTarget:
     """What a snippet needs to name the user's own layers and settings."""
 
     layers: tuple[str, ...] = ()  # the layers the fix touches, by their names in the model
+    # of those, the activations called as functions, with their caller; and the weighted layers
+    # feeding the activations the fix touches (what an activation swap re-initialises)
+    calls: tuple[ActivationCall, ...] = ()
+    feeders: tuple[str, ...] = ()
     activation: str | None = None  # the activation family involved (relu, tanh, sigmoid, selu, ...)
     optimizer: str = "sgd"
     lr: float = 0.01

@@ -2,13 +2,38 @@
 
 from __future__ import annotations
 
-from diagnose.fixes._model import Fix, FixTarget, name_list
+import textwrap
+
+from diagnose.fixes._model import Fix, FixTarget, layer_loop, name_list
+
+
+# Comment lines fit an 80-column terminal: the report never wraps a snippet (a wrapped line would
+# break the copied code), so a long one would run off the screen.
+SNIPPET_WIDTH = 78
+# How each new activation is written when it is called as a function.
+_FUNCTION_CALL = {
+    "nn.ReLU()": "torch.relu(x)",
+    "nn.LeakyReLU(0.01)": "F.leaky_relu(x, 0.01)",
+    "nn.ELU()": "F.elu(x)",
+}
+# The calls users write for each family (torch.sigmoid, F.sigmoid and the method all exist).
+_OLD_CALLS = {
+    "sigmoid": "torch.sigmoid(x) / F.sigmoid(x) / x.sigmoid()",
+    "tanh": "torch.tanh(x) / F.tanh(x) / x.tanh()",
+    "relu": "F.relu(x) / torch.relu(x) / x.relu()",
+    "relu6": "F.relu6(x)",
+    "hardtanh": "F.hardtanh(x)",
+    "hardsigmoid": "F.hardsigmoid(x)",
+    "softsign": "F.softsign(x)",
+    "logsigmoid": "F.logsigmoid(x)",
+}
 
 
 def _swap(target: FixTarget, new: str, comment: str, init: str | None) -> str:
-    """Replace the named activation modules (or every module of the old kind) with `new`."""
-    names = [n for n in target.layers if not n.endswith(")") and ")#" not in n]
-    functional = [n for n in target.layers if n not in names]
+    """Replace the named activation modules, say which `forward` calls to edit for functional ones,
+    and re-initialise the layers feeding them with `init` (a line run on each `layer`)."""
+    functional = {call.name for call in target.calls}
+    names = [n for n in target.layers if n not in functional and not n.endswith(")") and ")#" not in n]
     old = {"sigmoid": "nn.Sigmoid", "tanh": "nn.Tanh", "relu": "nn.ReLU", "relu6": "nn.ReLU6"}.get(
         target.activation or "", "nn.ReLU"
     )
@@ -20,37 +45,76 @@ def _swap(target: FixTarget, new: str, comment: str, init: str | None) -> str:
             "    parent = model.get_submodule(parent_name) if parent_name else model",
             f"    setattr(parent, child, {new})",
         ]
-    else:
+    elif not target.calls:
         lines += [
             "for parent in model.modules():",
             "    for child, module in parent.named_children():",
             f"        if isinstance(module, {old}):",
             f"            setattr(parent, child, {new})",
         ]
-    if functional:
-        calls = ", ".join(functional[:4]) + (", ..." if len(functional) > 4 else "")
-        lines += ["", f"# also edit forward(): {calls} are called as functions there"]
-    if init:
-        lines += ["", init]
+    if target.calls:
+        if names:
+            lines.append("")
+        lines += _forward_edits(target.calls, _FUNCTION_CALL.get(new, new))
+    if init and target.feeders:
+        lines += ["", "# and the layers feeding them get the initialisation the new activation needs"]
+        lines += layer_loop(target.feeders, f"{init}\nif layer.bias is not None:\n    nn.init.zeros_(layer.bias)", "").splitlines()
+    elif init:
+        lines += ["", f"# then re-initialise the layers feeding them: {init.replace('layer.weight', 'w')}"]
     return "\n".join(lines)
+
+
+def _forward_edits(calls, new_call: str) -> list[str]:
+    """Comment lines naming each `forward` that calls the activation, and the edit to make there.
+
+    A loop over modules would change nothing here (there is no module to find), so the snippet
+    says where the calls are instead: the callers and the layers whose outputs they read.
+    """
+    by_family: dict[str, list] = {}
+    for call in calls:
+        by_family.setdefault(call.family, []).append(call)
+    lines = []
+    for family, group in by_family.items():
+        owners = list(dict.fromkeys(call.owner for call in group))
+        named = [repr(owner) for owner in owners if owner]
+        where = ", ".join(filter(None, ["the model's own forward()" if "" in owners else "",
+                                        f"the forward() of {_shorten(named)}" if named else ""]))
+        count = sum(max(call.calls, 1) for call in group)
+        after = [call.after for call in group if call.after]
+        reads = f", on the outputs of {_shorten(after)}" if after else ""
+        times = "once" if count == 1 else f"{count} times"
+        sentence = (f"{family} is called as a function in {where}, {times} per forward{reads}. "
+                    f"There is no module to swap: in {'that forward' if len(owners) == 1 else 'those forwards'}, change")
+        lines += ["# " + line for line in textwrap.wrap(sentence, SNIPPET_WIDTH - 2)]
+        lines.append(f"#     {_OLD_CALLS.get(family, family + '(x)')}  ->  {new_call}")
+    return lines
+
+
+def _shorten(names: list[str], limit: int = 4) -> str:
+    if len(names) <= limit:
+        return ", ".join(names)
+    return ", ".join(names[: limit - 1]) + f", ... {names[-1]}"
 
 
 def _relu_snippet(target: FixTarget) -> str:
     return _swap(
         target, "nn.ReLU()", "swap the saturating activations for ReLU",
-        "# then re-initialise the layers feeding them with He init (see `diagnose explain he-init`)",
+        "nn.init.kaiming_normal_(layer.weight, nonlinearity='relu')",
     )
 
 
 def _leaky_snippet(target: FixTarget) -> str:
     return _swap(
         target, "nn.LeakyReLU(0.01)", "a small negative slope keeps a gradient flowing below zero",
-        "# with He init for leaky ReLU: nn.init.kaiming_normal_(w, a=0.01, nonlinearity='leaky_relu')",
+        "nn.init.kaiming_normal_(layer.weight, a=0.01, nonlinearity='leaky_relu')",
     )
 
 
 def _elu_snippet(target: FixTarget) -> str:
-    return _swap(target, "nn.ELU()", "ELU is smooth and negative below zero: no dead units", None)
+    return _swap(
+        target, "nn.ELU()", "ELU is smooth and negative below zero: no dead units",
+        "nn.init.kaiming_normal_(layer.weight, nonlinearity='relu')",
+    )
 
 
 def _selu_snippet(target: FixTarget) -> str:
