@@ -197,7 +197,7 @@ def measure(module: nn.Module, workload: Workload) -> Measurements:
             run_model = working_copy(module, workload.device)
             optimizer = make_optimizer(workload.optimizer, run_model.parameters(), workload.lr)
             scheduler = _warmup(optimizer, workload.warmup_steps)
-            trainable = [p for p in run_model.parameters() if p.requires_grad]
+            run_params = [p for p in run_model.parameters() if p.requires_grad]
             with probes.attach(run_model) as session:
                 for step in range(workload.steps):
                     optimizer.zero_grad(set_to_none=True)
@@ -209,7 +209,7 @@ def measure(module: nn.Module, workload: Workload) -> Measurements:
                         nonfinite_step = step if nonfinite_step is None else nonfinite_step
                         break  # past a NaN loss every further step is noise
                     _backward(loss)
-                    norms.append(_total_gradient_norm(trainable, workload.clip_grad_norm))
+                    norms.append(_total_gradient_norm(run_params, workload.clip_grad_norm))
                     optimizer.step()
                     if scheduler is not None:
                         scheduler.step()

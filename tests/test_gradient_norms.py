@@ -71,3 +71,11 @@ def test_no_run_no_norms_and_a_diverged_run_stops_with_its_loss():
     loss = report.evidence.loss
     finite_steps = sum(math.isfinite(v) for v in loss.history)
     assert len(loss.gradient_norms) == finite_steps  # no backward after the non-finite loss
+
+
+def test_the_run_leaves_the_parameter_counts_alone():
+    x, y = _data()
+    model = _model()
+    report = diagnose.check(model, x, targets=y, loss="mse", steps=STEPS)
+    count = sum(p.numel() for p in model.parameters())
+    assert report.evidence.model.trainable_parameters == count == report.evidence.model.parameters
