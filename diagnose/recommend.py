@@ -27,7 +27,7 @@ from diagnose.checks.unnormalized_inputs import THRESHOLDS as INPUT_THRESHOLDS
 from diagnose.checks.unnormalized_inputs import unscaled
 from diagnose.findings import Finding, FixSuggestion
 from diagnose.fixes import FIXES, FixTarget
-from diagnose.fixes._model import ActivationCall
+from diagnose.fixes._model import ActivationCall, Widening
 from diagnose.fixes.optimization import measured_clip_norm
 from diagnose.severity import Severity
 
@@ -473,7 +473,13 @@ def _unnormalized(finding: Finding, context: _Context) -> list[_Choice]:
 
 def _bottleneck(finding: Finding, context: _Context) -> list[_Choice]:
     widths = tuple((r.name, r.weight.fan_out) for r in _records(context, finding.layers) if r.weight and r.weight.fan_out)
-    return [_Choice("widen-layer", _target(context, finding.layers, widths=widths), "")]
+    evidence = finding.evidence
+    widening = None
+    if widths and all(isinstance(evidence.get(k), int) for k in ("width_in", "width_out")):
+        widening = Widening(layer=widths[0][0], width=widths[0][1], width_in=evidence["width_in"],
+                            next_layer=str(evidence.get("next_layer") or "the next layer"),
+                            width_out=evidence["width_out"])
+    return [_Choice("widen-layer", _target(context, finding.layers, widths=widths, widening=widening), "")]
 
 
 def _lr_too_high(finding: Finding, context: _Context) -> list[_Choice]:

@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING
 
 from diagnose import progress
 from diagnose.checks import run_checks
+from diagnose.checks.bottleneck_layer import bottlenecks
 from diagnose.checks.recurrent_gradient_flow import reach_back
 from diagnose.checks.residual_stream_growth import stream_growth
 from diagnose.checks._signal import (
@@ -238,6 +239,11 @@ def finding_metric(finding: Finding, evidence: Evidence) -> tuple[str, float | N
     if check_id == "residual-stream-growth":
         growth = stream_growth(evidence.layers)
         return "fitted_ratio", growth[0] if growth is not None else None
+    if check_id == "bottleneck-layer":
+        # how many times narrower than its narrower neighbour the narrowest chained layer is (1: none)
+        pairs = bottlenecks(evidence.layers, ratio=1.0)
+        return "narrowing", max((min(a.weight.fan_in, b.weight.fan_out) / a.weight.fan_out for a, b in pairs),
+                                default=1.0)
     if check_id == "no-gradient":
         return "params_without_gradient", float(sum(len(r.params_without_gradient) for r in evidence.layers))
     if check_id == "bad-initial-loss":
@@ -260,7 +266,7 @@ def badness(metric: str, value: float | None) -> float | None:
     if math.isnan(value):
         return math.inf
     if metric in ("ratio_first_last", "ratio_last_first", "median_std_ratio", "input_std", "gradient_ratio_10_back",
-                  "fitted_ratio"):
+                  "fitted_ratio", "narrowing"):
         return abs(math.log10(value)) if value > 0 else math.inf  # healthy at 1, judged in decades
     if metric == "max_update_ratio":
         return abs(math.log10(value / HEALTHY_UPDATE_RATIO)) if value > 0 else math.inf

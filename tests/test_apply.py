@@ -470,3 +470,116 @@ def test_try_fixes_clips_at_the_percentile_of_the_unchanged_run():
     expected, _ = measured_clip_norm(report.evidence.loss.history, report.evidence.loss.gradient_norms)
     assert f"max_norm={expected:.3g}" in clip.snippet
     assert f"global norm {expected:.3g}" in clip.verified.note
+
+
+# ---------------------------------------------------------------------------------------------
+# widen-layer
+
+
+def _bottleneck_mlp() -> nn.Sequential:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 256), nn.ReLU(), nn.Linear(256, 2), nn.ReLU(), nn.Linear(2, 256), nn.ReLU(),
+                          nn.Linear(256, 10))
+    for layer in model:
+        if isinstance(layer, nn.Linear):
+            nn.init.kaiming_normal_(layer.weight, nonlinearity="relu")
+            nn.init.uniform_(layer.bias, -0.1, 0.1)
+    return model
+
+
+def test_widen_layer_widens_the_bottleneck_and_the_next_layers_inputs_keeping_old_weights():
+    model = _bottleneck_mlp()
+    x = torch.randn(64, 64)
+    snapshot = _snapshot(model)
+    trial = apply_fix("widen-layer", model, _workload(x), _records(model, x))
+    _assert_unchanged(model, snapshot)
+    fixed = trial.module
+    narrow, following = fixed[2], fixed[4]
+    assert tuple(narrow.weight.shape) == (256, 256) and tuple(following.weight.shape) == (256, 256)
+    assert torch.equal(narrow.weight[:2], model[2].weight) and torch.equal(narrow.bias[:2], model[2].bias)
+    assert torch.equal(following.weight[:, :2], model[4].weight) and torch.equal(following.bias, model[4].bias)
+    assert torch.count_nonzero(narrow.bias[2:]) == 0
+    # the new units by the scheme ReLU needs: He, std sqrt(2 / fan_in) for both layers' new weights
+    assert narrow.weight[2:].std().item() == pytest.approx(math.sqrt(2 / 256), rel=0.05)
+    assert following.weight[:, 2:].std().item() == pytest.approx(math.sqrt(2 / 256), rel=0.05)
+    # the old units compute exactly what they did
+    assert torch.allclose(fixed[:3](x)[:, :2], model[:3](x), atol=1e-5)
+    assert fixed(x).shape == (64, 10)
+    assert "2 -> 256 units" in trial.change
+
+
+class _ConvBottleneck(nn.Module):
+    """Conv -> BN -> ReLU -> Conv, called in turn from forward (not a Sequential)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 16, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(16)
+        self.conv2 = nn.Conv2d(16, 2, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(2)
+        self.conv3 = nn.Conv2d(2, 16, 3, padding=1)
+        self.head = nn.Linear(16, 4)
+
+    def forward(self, x):
+        x = F.relu(self.bn1(self.conv1(x)))
+        x = F.relu(self.bn2(self.conv2(x)))
+        x = F.relu(self.conv3(x))
+        return self.head(x.mean((2, 3)))
+
+
+def test_widen_layer_rebuilds_conv_bn_act_conv_keeping_the_norms_statistics():
+    from diagnose.fixes.apply import widen_layer
+
+    torch.manual_seed(0)
+    model = _ConvBottleneck()
+    x = torch.randn(8, 3, 8, 8)
+    records = _records(model, x)  # a training-mode forward: bn2 has running statistics of its own now
+    running_mean = model.bn2.running_mean.clone()
+    original = copy.deepcopy(model)
+    widen_layer(model, "conv2", "conv3", 16, records)
+    assert model.conv2.out_channels == 16 and model.conv3.in_channels == 16 and model.bn2.num_features == 16
+    assert torch.equal(model.conv2.weight[:2], original.conv2.weight)
+    assert torch.equal(model.conv3.weight[:, :2], original.conv3.weight)
+    assert torch.equal(model.bn2.running_mean[:2], running_mean)
+    assert torch.count_nonzero(model.bn2.running_mean[2:]) == 0 and torch.all(model.bn2.running_var[2:] == 1)
+    model.eval(), original.eval()
+    with torch.no_grad():  # the old channels are unchanged through conv -> bn
+        assert torch.allclose(model.bn2(model.conv2(F.relu(model.bn1(model.conv1(x)))))[:, :2],
+                              original.bn2(original.conv2(F.relu(original.bn1(original.conv1(x))))), atol=1e-6)
+    assert model(x).shape == (8, 4)
+
+
+def test_widen_layer_is_not_applied_where_a_second_branch_reads_the_narrow_layer():
+    class TwoHeads(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.body = nn.Linear(64, 256)
+            self.narrow = nn.Linear(256, 2)
+            self.wide = nn.Linear(2, 256)
+            self.side = nn.Linear(2, 3)
+            self.head = nn.Linear(256, 10)
+
+        def forward(self, x):
+            code = F.relu(self.narrow(F.relu(self.body(x))))
+            return self.head(F.relu(self.wide(code))) + self.side(code).sum(-1, keepdim=True)
+
+    torch.manual_seed(0)
+    model = TwoHeads()
+    x = torch.randn(32, 64)
+    with pytest.raises(FixNotApplicable, match="side also reads the output of narrow"):
+        apply_fix("widen-layer", model, _workload(x), _records(model, x))
+
+
+def test_widen_layer_on_the_exported_bottleneck_sample_trains_better():
+    from pathlib import Path
+
+    import diagnose
+
+    path = Path(__file__).resolve().parent.parent / "samples" / "bottleneck.pt2"
+    report = diagnose.check(str(path), steps=20, try_fixes=True, select=["bottleneck-layer"])
+    (finding,) = report.findings
+    widen = finding.fixes[0]
+    assert widen.id == "widen-layer" and widen.verified.resolved
+    assert widen.verified.metric == "narrowing" and widen.verified.before == 128.0 and widen.verified.after == 1.0
+    assert widen.verified.loss_after < 0.5 * widen.verified.loss_before
+    assert "nn.Linear(512, 4)  ->  nn.Linear(512, 512)" in widen.snippet

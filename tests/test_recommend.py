@@ -111,7 +111,9 @@ def test_adagrad_gets_change_optimizer_to_adam():
 
 def test_bottleneck_snippet_names_the_layer_and_width():
     finding = _finding(zoo_report("bottleneck-mlp"), "bottleneck-layer")
-    assert "# 2: 4 units" in finding.fixes[0].snippet
+    snippet = finding.fixes[0].snippet
+    assert "nn.Linear(512, 4)  ->  nn.Linear(512, 512)   # 2" in snippet
+    assert "nn.Linear(4, 512)  ->  nn.Linear(512, 512)   # 4" in snippet
 
 
 def test_recommend_keeps_order_and_is_pure():

@@ -188,21 +188,28 @@ def test_try_fixes_on_an_exported_archive(tmp_path):
 def test_a_fix_that_cannot_be_applied_automatically_says_why():
     import torch
     from torch import nn
+    from torch.nn import functional as F
 
     import diagnose
 
+    class SideBranch(nn.Module):
+        """A bottleneck whose output a second head also reads: widening it needs the model's code."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.body, self.narrow = nn.Linear(64, 256), nn.Linear(256, 2)
+            self.wide, self.head, self.side = nn.Linear(2, 256), nn.Linear(256, 10), nn.Linear(2, 10)
+
+        def forward(self, x):
+            code = F.relu(self.narrow(F.relu(self.body(x))))
+            return self.head(F.relu(self.wide(code))) + self.side(code)
+
     torch.manual_seed(0)
-    model = nn.Sequential(
-        nn.Linear(64, 256), nn.ReLU(), nn.Linear(256, 2), nn.ReLU(), nn.Linear(2, 256), nn.ReLU(), nn.Linear(256, 10)
-    )
-    for layer in model:
-        if isinstance(layer, nn.Linear):
-            nn.init.kaiming_normal_(layer.weight, nonlinearity="relu")
-    report = diagnose.check(model, torch.randn(64, 64), try_fixes=True, select=["bottleneck-layer"])
+    report = diagnose.check(SideBranch(), torch.randn(64, 64), try_fixes=True, select=["bottleneck-layer"])
     (finding,) = report.findings
     (widen,) = [fix for fix in finding.fixes if fix.id == "widen-layer"]
     assert widen.verified is None
-    assert widen.not_verified
+    assert widen.not_verified == "side also reads the output of narrow; widen it in the model's code"
     assert report.to_dict()["findings"][0]["fixes"][0]["not_verified"] == widen.not_verified
 
 

@@ -23,7 +23,8 @@ Severity: warning: the narrow layer caps what the network can represent.
 nn.ReLU(), nn.Linear(512, 10))`.
 
 ## Fixes
-`widen-layer`.
+`widen-layer` (applied to a copy under `--try-fixes`: the narrow layer and the next one widened to
+the narrower neighbour's width, the existing weights kept).
 
 ## Options
 `ratio`.
@@ -35,7 +36,7 @@ nn.ReLU(), nn.Linear(512, 10))`.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from diagnose.checks._signal import by_index
@@ -44,6 +45,7 @@ from diagnose.severity import Severity
 
 if TYPE_CHECKING:
     from diagnose.evidence import Evidence
+    from probes.records import LayerRecord
 
 ID = "bottleneck-layer"
 # 8x narrower than both neighbours. Transformer FFNs widen 4x and come back (never narrower);
@@ -54,19 +56,31 @@ RATIO = 8.0
 THRESHOLDS: dict[str, float] = {"ratio": RATIO}
 
 
-def check(evidence: Evidence, thresholds: Mapping[str, float]) -> list[Finding]:
+def bottlenecks(layers: Sequence[LayerRecord], ratio: float = RATIO) -> list[tuple[LayerRecord, LayerRecord]]:
+    """(narrow layer, the chained layer reading it) for each bottleneck, in execution order.
+
+    Also what `widen-layer` widens on a copy (diagnose/fixes/apply.py), so the fix and the check
+    agree on which layer is narrow and which one follows it.
+    """
     dense = [
-        r for r in by_index(evidence.layers)
+        r for r in by_index(layers)
         if r.kind == "linear" and r.weight is not None and r.weight.fan_in and r.weight.fan_out and r.output_shape
     ]
-    findings = []
+    found = []
     for layer, following in zip(dense, dense[1:]):
         if layer.weight.fan_out != following.weight.fan_in:
             continue
+        if ratio * layer.weight.fan_out > min(layer.weight.fan_in, following.weight.fan_out):
+            continue
+        found.append((layer, following))
+    return found
+
+
+def check(evidence: Evidence, thresholds: Mapping[str, float]) -> list[Finding]:
+    findings = []
+    for layer, following in bottlenecks(evidence.layers, thresholds["ratio"]):
         width = layer.weight.fan_out
         neighbours = min(layer.weight.fan_in, following.weight.fan_out)
-        if thresholds["ratio"] * width > neighbours:
-            continue
         findings.append(
             Finding(
                 id=ID,

@@ -18,6 +18,22 @@ class ActivationCall:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class Widening:
+    """A bottleneck to widen: `layer` (width_in -> width) read by `next_layer` (width -> width_out)."""
+
+    layer: str
+    width: int
+    width_in: int
+    next_layer: str
+    width_out: int
+
+    @property
+    def new_width(self) -> int:
+        """As wide as the narrower neighbour: what `--try-fixes` verifies."""
+        return min(self.width_in, self.width_out)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class FixTarget:
     """What a snippet needs to name the user's own layers and settings."""
 
@@ -30,6 +46,7 @@ class FixTarget:
     optimizer: str = "sgd"
     lr: float = 0.01
     widths: tuple[tuple[str, int], ...] = ()  # (layer, current width), for widen-layer
+    widening: Widening | None = None  # the bottleneck and its neighbours, for widen-layer
     recurrent: bool = False
     conv: bool = False
     head: bool = False  # the fix targets the output layer (an overconfident classifier head)

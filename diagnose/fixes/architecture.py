@@ -22,6 +22,16 @@ def _residual_snippet(target: FixTarget) -> str:
 
 
 def _widen_snippet(target: FixTarget) -> str:
+    w = target.widening
+    if w is not None:
+        # The width lives in the model's constructor: the snippet names the two lines to change.
+        return "\n".join([
+            f"# {w.layer} squeezes {w.width_in} features into {w.width}, and {w.next_layer} reads them;",
+            f"# in the model's __init__, give both {w.new_width} (as wide as the narrower neighbour):",
+            f"#     nn.Linear({w.width_in}, {w.width})  ->  nn.Linear({w.width_in}, {w.new_width})   # {w.layer}",
+            f"#     nn.Linear({w.width}, {w.width_out})  ->  nn.Linear({w.new_width}, {w.width_out})   # {w.next_layer}",
+            "# (and any BatchNorm1d/LayerNorm between them to the same width)",
+        ])
     if not target.widths:
         return "# give the narrow layer at least as many units as the layers around it"
     lines = ["import torch.nn as nn", ""]
@@ -78,8 +88,13 @@ WIDEN_LAYER = Fix(
         "the model in than to cut capacity in one layer."
     ),
     doc="""## What it does
-Increases the `out_features` of the narrow layer (and the `in_features` of the next one) to a
-width comparable with its neighbours.
+Increases the `out_features` of the narrow layer (and the `in_features` of the next one, and the
+width of any norm layer between them) to the width of its narrower neighbour. `--try-fixes` does
+this on a copy, keeping the trained or initialised weights of the existing units and drawing the
+new ones from the init scheme of each layer's activation, and compares the short-run loss with the
+unchanged copy's. It rebuilds Linear -> activation -> Linear and Conv -> norm -> activation -> Conv
+stacks; where something else reads the narrow layer's output (a skip path, a second head) the report
+says so and leaves the change to the model's code.
 
 ## Why it works
 Each layer can only pass on what fits in its units: a 4-unit layer between two 512-unit layers
