@@ -500,6 +500,12 @@ def _loss_flat(finding: Finding, context: _Context) -> list[_Choice]:
         choices.append(_Choice("higher-lr", _target(context), f"Weights moved at most {update:.1e} of their norm per step."))
     elif isinstance(update, float) and update > LARGE_UPDATE:
         choices.append(_Choice("lower-lr", _target(context), f"Weights moved up to {update:.2g} of their norm per step."))
+    elif isinstance(update, float) and context.optimizer == "sgd":
+        # Healthy-sized steps that do not lower the loss: plain SGD zig-zagging across a ravine,
+        # the case momentum was made for (a rate change would not help: the steps are not too small).
+        choices.append(_Choice("change-optimizer", _target(context),
+                               f"Weights move {update:.1e} of their norm per step, a healthy size, yet the loss "
+                               "barely moves: plain SGD zig-zags across a ravine instead of following it."))
     choices.append(_Choice("change-optimizer", _target(context), ""))
     choices.append(_Choice("lr-schedule", _target(context), ""))
     if context.inputs_unscaled:

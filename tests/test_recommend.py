@@ -240,3 +240,21 @@ def test_functional_activation_in_a_submodule_names_its_caller():
     assert "forward() of '0', '1', '2', ... '5'" in relu.snippet
     assert "on the outputs of 0.fc, 1.fc, 2.fc, ... 5.fc" in relu.snippet
     assert "torch.tanh(x) / F.tanh(x) / x.tanh()  ->  torch.relu(x)" in relu.snippet
+
+
+@pytest.mark.parametrize(("optimizer", "update", "first"), [
+    ("sgd", 5e-3, "change-optimizer"),  # healthy steps, flat loss: a ravine, momentum's case
+    ("sgd", 1e-5, "higher-lr"),  # the steps are too small: the rate first
+    ("sgd", 0.5, "lower-lr"),  # the steps are too large
+])
+def test_a_flat_loss_is_advised_by_the_size_of_the_steps(optimizer, update, first):
+    layers = relu_stack(3)
+    run_layers = [linear(r.name, r.index, update_ratio=update) if r.kind == "linear" else r for r in layers]
+    ev = evidence(layers, run_layers=run_layers, steps=20, optimizer=optimizer,
+                  history=tuple(2.3 - 0.0001 * i for i in range(20)))
+    findings, _ = run_checks(ev, select=["loss-not-decreasing"])
+    finding = recommend(findings, ev)[0]
+    assert _fix_ids(finding)[0] == first
+    if first == "change-optimizer":
+        assert "ravine" in finding.fixes[0].rationale
+        assert "torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)" in finding.fixes[0].snippet

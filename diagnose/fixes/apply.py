@@ -33,7 +33,13 @@ from torch.overrides import TorchFunctionMode
 from diagnose.cloning import clone_module
 from diagnose.evidence import LossTrace
 from diagnose.fixes._model import FixTarget
-from diagnose.fixes.optimization import DEFAULT_CLIP_NORM, clip_snippet, measured_clip_norm
+from diagnose.fixes.optimization import (
+    DEFAULT_CLIP_NORM,
+    clip_snippet,
+    measured_clip_norm,
+    optimizer_candidates,
+    optimizer_snippet,
+)
 from diagnose.loading.inputs import Batch, describe_input
 from diagnose.run import Workload
 from probes.records import LayerRecord
@@ -62,10 +68,6 @@ LR_FACTOR = 10.0
 # Warm up over the first quarter of the short run: long enough to tame the first large updates,
 # short enough that most of the run is spent at the full learning rate.
 WARMUP_FRACTION = 0.25
-# change-optimizer: Adam at its standard learning rate, the robust default for deep nets (the
-# notes: adaptive, stable, widely used); momentum SGD at the contract's default rate otherwise.
-ADAM_LR = 1e-3
-MOMENTUM_LR = 0.01
 # Input standardisation divides by the std; a constant feature would divide by zero.
 MIN_STD = 1e-8
 
@@ -103,6 +105,8 @@ def apply_fix(
         raise FixNotApplicable(NOT_AUTOMATIC[fix_id])
     if fix_id == "gradient-clipping":
         return clip_gradients(module, workload, run)
+    if fix_id == "change-optimizer":
+        return change_optimizer(module, workload)
     if fix_id in _WORKLOAD_FIXES:
         new_workload, change = _WORKLOAD_FIXES[fix_id](workload)
         return FixTrial(module=module, workload=new_workload, change=change)
@@ -678,16 +682,27 @@ def _warmup(workload: Workload) -> tuple[Workload, str]:
     return replace(workload, warmup_steps=steps), f"learning rate warmed up linearly over the first {steps} steps"
 
 
-def _change_optimizer(workload: Workload) -> tuple[Workload, str]:
-    # The optimiser the change-optimizer snippet proposes: away from AdaGrad's ever-shrinking step to
-    # Adam; from plain SGD to Nesterov momentum at the same rate; from anything else to Nesterov SGD.
-    if workload.optimizer == "adagrad":
-        new = replace(workload, optimizer="adam", lr=ADAM_LR)
-    elif workload.optimizer == "sgd":
-        new = replace(workload, optimizer="nesterov")
-    else:
-        new = replace(workload, optimizer="nesterov", lr=MOMENTUM_LR)
-    return new, f"optimizer {workload.optimizer} (lr {workload.lr:g}) -> {new.optimizer} (lr {new.lr:g})"
+def change_optimizer(module: nn.Module, workload: Workload) -> FixTrial:
+    """The candidate optimizer whose short run on a copy ends at the lowest loss (one run each)."""
+    from diagnose import progress
+    from diagnose.run import measure
+
+    candidates = optimizer_candidates(workload.optimizer, workload.lr)
+    finals: list[tuple[float, int]] = []
+    if len(candidates) > 1:
+        for position, (name, lr) in enumerate(candidates):
+            progress.stage(f"change-optimizer: a short run with {name} at lr {lr:g}", total=workload.steps + 1)
+            final = measure(module, replace(workload, optimizer=name, lr=lr)).loss.final
+            finals.append((final if final is not None and math.isfinite(final) else math.inf, position))
+    best = min(finals)[1] if finals else 0
+    name, lr = candidates[best]
+    change = f"optimizer {workload.optimizer} (lr {workload.lr:g}) -> {name} (lr {lr:g})"
+    if finals:
+        tried = ", ".join(f"{n} (lr {r:g}) {loss:.3g}" for (n, r), (loss, _) in zip(candidates, finals))
+        change += f", the lowest short-run loss of {tried}"
+    others = [c for i, c in enumerate(candidates) if i != best]
+    return FixTrial(module=module, workload=replace(workload, optimizer=name, lr=lr), change=change,
+                    snippet=optimizer_snippet(workload.optimizer, (name, lr), others))
 
 
 def standardize_batch(batch: Batch) -> tuple[Batch, str]:
@@ -722,7 +737,6 @@ _WORKLOAD_FIXES: dict[str, Callable[[Workload], tuple[Workload, str]]] = {
     "lower-lr": _lower_lr,
     "higher-lr": _higher_lr,
     "lr-warmup": _warmup,
-    "change-optimizer": _change_optimizer,
 }
 
 _MODEL_FIXES: dict[str, Callable[[nn.Module, Sequence[LayerRecord]], str]] = {
