@@ -2,8 +2,8 @@
 
 Module hooks only see `nn.ReLU`; most real models call `F.relu` inside `forward`, and a model
 rebuilt from a torch.export archive calls `aten.relu.default`. Both pass through
-`__torch_function__`, so this mode sees them and hands them to the session, which attributes each
-call to the module whose forward is running.
+`__torch_function__`, so this mode sees them and hands them to the session (through the narrow
+`FunctionObserver` below), which attributes each call to the module whose forward is running.
 
 Every torch call made while a mode is on the stack pays a Python dispatch, so the mode is not
 entered for the whole `attach` block: the session switches it on only while a module that may
@@ -14,15 +14,13 @@ forward is known (Linear, Conv, norms, activation modules), in the loss, backwar
 from __future__ import annotations
 
 import inspect
-from typing import TYPE_CHECKING
+from collections.abc import Sized
+from typing import Protocol
 
 import torch
 from torch.overrides import TorchFunctionMode
 
 from probes.targets import function_family
-
-if TYPE_CHECKING:
-    from probes.session import Session
 
 _UNKNOWN = object()
 _PASS = "pass-through"
@@ -67,29 +65,55 @@ def _pass_through(func) -> bool:
     return isinstance(name, str) and name in PASS_THROUGH
 
 
+class FunctionObserver(Protocol):
+    """All the mode asks of the session it reports to (probes/_forward.py FunctionCalls)."""
+
+    @property
+    def pending(self) -> Sized:
+        """Outputs held for a batched reduction: a call that changes a tensor in place may hit one."""
+
+    def flush_outputs(self) -> None:
+        """Reduce the held outputs now, before they can be changed in place."""
+
+    def internal_error(self, where: str, exc: Exception) -> None:
+        """A bug of the probes in `where`: the session stops measuring (and closes the mode)."""
+
+    def pass_through(self, inputs, output) -> None:
+        """`output` of a PASS_THROUGH op keeps the producer of its input."""
+
+    def observe_function(self, func, family: str, args, kwargs, out: torch.Tensor) -> None:
+        """An activation of `family` called as a function returned `out`."""
+
+
 class FunctionalActivations(TorchFunctionMode):
-    def __init__(self, session: "Session") -> None:
+    def __init__(self, observer: FunctionObserver) -> None:
         super().__init__()
-        self._session = session
+        # Bound once: `__torch_function__` runs for every torch call while the mode is on.
+        self._pending = observer.pending
+        self._flush_outputs = observer.flush_outputs
+        self._internal_error = observer.internal_error
+        self._pass_through = observer.pass_through
+        self._observe_function = observer.observe_function
         self._families: dict[object, str | None] = {}
         self._inplace: dict[object, int] = {}
         self.on_stack = False
+        # False once the session stopped (closed, or an internal error): calls pass straight through.
+        self.open = True
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
-        session = self._session
-        if not session._open:  # stopped after an internal error: the call passes straight through
+        if not self.open:  # stopped after an internal error: the call passes straight through
             return func(*args, **(kwargs or {}))
         try:
-            if session._pending and self._modifies_argument(func, args, kwargs):
-                session._flush_outputs()  # a held output may be the tensor changed in place
+            if self._pending and self._modifies_argument(func, args, kwargs):
+                self._flush_outputs()  # a held output may be the tensor changed in place
         except Exception as exc:
-            session._internal_error(f"the functional mode, before {getattr(func, '__name__', func)}", exc)
+            self._internal_error(f"the functional mode, before {getattr(func, '__name__', func)}", exc)
         out = func(*args, **(kwargs or {}))  # the user's call: its errors are the user's
-        if session._open:
+        if self.open:
             try:
                 self._observe(func, args, kwargs, out)
             except Exception as exc:
-                session._internal_error(f"the functional mode, after {getattr(func, '__name__', func)}", exc)
+                self._internal_error(f"the functional mode, after {getattr(func, '__name__', func)}", exc)
         return out
 
     def _observe(self, func, args, kwargs, out) -> None:
@@ -103,9 +127,9 @@ class FunctionalActivations(TorchFunctionMode):
         if family is None:
             return
         if family is _PASS:
-            self._session._pass_through(args, out)
+            self._pass_through(args, out)
         elif isinstance(out, torch.Tensor):
-            self._session._observe_function(func, family, args, kwargs or {}, out)
+            self._observe_function(func, family, args, kwargs or {}, out)
 
     def _modifies_argument(self, func, args, kwargs) -> bool:
         try:

@@ -38,7 +38,7 @@ class LayerState:
     # (local name, parameter) of one direct parameter: if the module holds another tensor under
     # that name during a forward, torch.func.functional_call (or stateless) swapped its parameters
     param_check: tuple[str, object] | None = None
-    gradient_hook: object = None  # the output-gradient hook, made once (session._new_grad_hook)
+    gradient_hook: object = None  # the output-gradient hook, made once (probes/_backward.py)
     gradient_prehooks: dict = field(default_factory=dict)  # autograd-node pre-hook per output slot
 
 

@@ -16,7 +16,7 @@ from torch.nn import functional as F
 
 import probes
 from probes import batched
-from probes import session as session_module
+from probes import _forward as forward_hooks
 
 REL = 1e-5
 
@@ -71,7 +71,7 @@ def reference(model: Mixed, batches):
 @pytest.mark.parametrize("on_host", [True, False])
 def test_held_calls_match_plain_torch_over_several_forwards(monkeypatch, on_host):
     if not on_host:  # the accelerator path (device totals, index_add_), run on the CPU
-        monkeypatch.setattr(session_module, "HOST_TOTALS_DEVICES", ())
+        monkeypatch.setattr(forward_hooks, "HOST_TOTALS_DEVICES", ())
     torch.manual_seed(0)
     model = Mixed()
     batches = [torch.randn(16, 6) * 2 for _ in range(4)]
@@ -220,4 +220,4 @@ def test_no_held_output_or_gradient_outlives_its_pass_or_the_session():
     assert before[0].activation.count == 5 * 8 * 4
     gc.collect()
     assert all(r() is None for r in refs) and all(r() is None for r in grad_refs)
-    assert session._pending == [] and session._pending_grads == []
+    assert session._shared.pending == [] and session._shared.pending_grads == []

@@ -265,8 +265,7 @@ def test_an_internal_error_stops_the_probes_not_the_training_run(monkeypatch, wh
     """Observers must never end the run they observe: a bug of ours (simulated here in each kind
     of hook) turns the session off, warns, and says so in `limitations`; the user's forward,
     backward and optimizer step go on with bit-identical results, and every hook is removed."""
-    import probes.session as session_module
-    from probes import gradients, updates
+    from probes import _backward, _forward, gradients, updates
 
     monkeypatch.delenv("PROBES_STRICT", raising=False)
 
@@ -274,11 +273,11 @@ def test_an_internal_error_stops_the_probes_not_the_training_run(monkeypatch, wh
         raise ValueError("simulated probe bug")
 
     target = {
-        "forward": (session_module, "observe_activation"),
-        "gradient": (session_module, "reduce_gradients"),
+        "forward": (_forward, "observe_activation"),
+        "gradient": (_backward, "reduce_gradients"),
         "parameters": (gradients.ParamGradients, "measure"),
         "update": (updates.UpdateTracker, "_after_step"),
-        "function": (session_module.Session, "_observe_function"),
+        "function": (_forward.FunctionCalls, "observe_function"),
     }[where]
     monkeypatch.setattr(*target, boom)
 
@@ -323,7 +322,7 @@ def test_hook_handles_do_not_outlive_their_graph_by_more_than_a_step():
     with probes.attach(model) as session:
         for _ in range(30):
             model(torch.randn(3, 4)).sum().backward()
-        kept = len(session._handles._handles)
+        kept = len(session._shared.handles._handles)
     assert kept <= 20  # one forward's worth: 10 Linear + 10 Tanh outputs
 
 

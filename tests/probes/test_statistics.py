@@ -502,7 +502,7 @@ def test_update_ratios_of_a_long_session_collected_once_at_the_end():
             delta = sum((p - b).double().pow(2).sum() for p, b in zip(model[0].parameters(), before))
             weight = sum(b.double().pow(2).sum() for b in before)
             expected.append(math.sqrt(delta.item() / weight.item()))
-        assert len(session._updates.steps) < updates.ABSORB_EVERY
+        assert len(session._shared.updates.steps) < updates.ABSORB_EVERY
     record = by_name(session.collect())["0"]
     assert record.update_ratios == pytest.approx(expected, rel=1e-5)
 

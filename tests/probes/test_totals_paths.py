@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 import probes
-from probes import session as session_module
+from probes import _forward as forward_hooks
 
 
 def run(model, batches):
@@ -33,7 +33,7 @@ def test_device_totals_equal_host_totals(monkeypatch, with_nan):
     if with_nan:
         batches[1][0, 0] = float("nan")
     host = run(model, batches)
-    monkeypatch.setattr(session_module, "HOST_TOTALS_DEVICES", ())
+    monkeypatch.setattr(forward_hooks, "HOST_TOTALS_DEVICES", ())
     device = run(model, batches)
     assert len(host) == len(device) == 6
     for a, b in zip(host, device):
