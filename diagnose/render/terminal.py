@@ -218,7 +218,11 @@ def _fix_line(rank: int, fix: FixSuggestion, width: int) -> list[Text]:
     if fix.verified is not None:
         label = fmt.verification_label(fix.verified) + ": "
         style = "green" if fix.verified.resolved else "red"
-        lines += _wrapped(fmt.verification(fix.verified), width, indent=4, hang=2, label=label, label_style=style)
+        text = fmt.verification(fix.verified)
+        loss = fmt.loss_change(fix.verified)
+        if loss:
+            text += f"; {loss}"  # what the user cares about in the end: did training get better
+        lines += _wrapped(text, width, indent=4, hang=2, label=label, label_style=style)
     elif fix.not_verified:
         lines += _wrapped(fix.not_verified, width, indent=4, hang=2, label="not tried: ", label_style="yellow")
     return lines
