@@ -24,6 +24,7 @@ from diagnose.checks._signal import (
     std_ratio,
 )
 from diagnose.checks.unnormalized_inputs import THRESHOLDS as INPUT_THRESHOLDS
+from diagnose.checks.vanishing_gradients import RATIO as VANISHING_RATIO
 from diagnose.checks.unnormalized_inputs import unscaled
 from diagnose.findings import Finding, FixSuggestion
 from diagnose.fixes import FIXES, FixTarget
@@ -46,6 +47,8 @@ NEGATIVE_BIAS = -1.0
 SMALL_UPDATE = 1e-3
 # ... and above this they are large enough to be the problem.
 LARGE_UPDATE = 1e-1
+# A first/last gradient ratio below this has vanished for training: vanishing-gradients' own threshold.
+VANISHED = VANISHING_RATIO
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,7 +104,10 @@ _ROOT_CAUSES = (
 
 
 # A diverging loss is the learning rate's fault unless the network already blows up at init.
-_CAUSES_OF_DIVERGENCE = ("non-finite", "output-loss-mismatch", "residual-stream-growth", "poor-initialization")
+_CAUSES_OF_DIVERGENCE = (
+    "non-finite", "output-loss-mismatch", "residual-stream-growth", "exploding-gradients",
+    "activation-variance-explosion", "poor-initialization",
+)
 
 
 def _root_cause(findings: Sequence[Finding], symptom: str = "") -> Finding | None:
@@ -266,11 +272,18 @@ def _vanishing(finding: Finding, context: _Context) -> list[_Choice]:
     choices: list[_Choice] = []
     small = _misscaled(hidden, "small")
     if activation in SATURATING:
+        # The cause is the activation's slope (at most 1/4 for sigmoid), compounding layer after
+        # layer: activations whose slope is 1 fix it, SELU first in a plain dense stack (made for
+        # one: it also keeps the scale), then ReLU; a norm layer resets the scale. Re-scaling the
+        # weights for the sigmoid (Glorot) leaves the slope as it is: measured, it does not cure
+        # it, so it comes last.
         acts = _activation_records(context, [activation])
-        choices.append(_Choice("relu", _target(context, [r.name for r in acts], activation=activation),
-                               f"The hidden layers use {activation} ({len(acts)} calls per forward)."))
-        if small:
-            choices += _init_choices(context, small)
+        relu = _Choice("relu", _target(context, [r.name for r in acts], activation=activation),
+                       f"The hidden layers use {activation} ({len(acts)} calls per forward).")
+        if context.plain_dense:
+            choices.append(_Choice("selu", _target(context),
+                                   f"This is a plain stack of dense layers with {activation} between them."))
+        choices.append(relu)
     elif activation == "selu":
         choices += _init_choices(context, hidden)
     else:
@@ -278,8 +291,8 @@ def _vanishing(finding: Finding, context: _Context) -> list[_Choice]:
     if not context.has_norm and not context.has_recurrent:
         choices.append(_Choice("batch-norm", _target(context, [r.name for r in hidden]),
                                "No normalisation layer resets the scale between these layers."))
-    if activation in SATURATING and context.plain_dense:
-        choices.append(_Choice("selu", _target(context), "This is a plain stack of dense layers."))
+    if activation in SATURATING and small:
+        choices += _init_choices(context, small)
     if context.depth >= VERY_DEEP:
         choices.append(_Choice("residual-connections", _target(context, [r.name for r in hidden]),
                                f"The stack has {context.depth} weighted layers and no skip path."))
@@ -299,10 +312,12 @@ def _exploding(finding: Finding, context: _Context) -> list[_Choice]:
     if context.has_recurrent:
         return [clip, lower] + _init_choices(context, large)
     if large:
-        choices = _init_choices(context, large) + [clip]
+        # The init is the cause: re-scaling it, or a norm layer that resets the scale, cures it;
+        # clipping and a lower rate only bound the steps of a network that still explodes at init.
+        choices = _init_choices(context, large)
         if not context.has_norm:
             choices.append(norm)
-        return choices + [lower]
+        return choices + [clip, lower]
     choices = [clip, lower] + _init_choices(context, hidden)
     if not context.has_norm:
         choices.append(norm)
@@ -315,6 +330,11 @@ def _dead_relu(finding: Finding, context: _Context) -> list[_Choice]:
     negative = [f for f in feeders if _bias_dominates(f, negative_only=True)]
     during_run = bool(finding.evidence.get("died_during_run"))
     choices: list[_Choice] = []
+    large = _misscaled(feeders, "large")
+    if large and during_run:
+        # Units knocked out in the run by an oversized init: the first steps are huge whatever the
+        # rate (a lower one measurably still diverges); the init's scale is the cause.
+        choices += _init_choices(context, large)
     if negative:
         mean = negative[0].weight.bias_mean
         choices.append(_Choice("fix-bias-init", _target(context, [f.name for f in negative]),
@@ -369,7 +389,10 @@ def _saturated(finding: Finding, context: _Context) -> list[_Choice]:
 
 def _variance(finding: Finding, context: _Context) -> list[_Choice]:
     run = _weighted_of(context, finding)
-    choices = _init_choices(context, run)
+    # The hidden layers carry the trend; the output layer's own scheme (Glorot, no activation)
+    # re-scales one layer and measurably leaves the trend as it is.
+    hidden = [r for r in run if r.followed_by and r.followed_by != "none"] or run
+    choices = _init_choices(context, hidden)
     if not context.has_norm:
         choices.append(_Choice("batch-norm", _target(context, [r.name for r in run]), ""))
     if finding.id == "activation-variance-collapse" and len(run) >= VERY_DEEP:
@@ -420,7 +443,20 @@ def _poor_init(finding: Finding, context: _Context) -> list[_Choice]:
             f"{_names(_records(context, layers))} read normalised features and amplify them ~{gain:.2g}x; "
             "std 1/sqrt(fan_in) keeps their output at the scale of their input (GPT-2 and BERT use 0.02).",
         )]
-    return _init_choices(context, _weighted_of(context, finding))
+    records = _weighted_of(context, finding)
+    choices = _init_choices(context, records)
+    activation = _dominant_activation(context, records)
+    effect = finding.evidence.get("effect_value")
+    if (activation in SATURATING and finding.evidence.get("effect") == "gradient_ratio_first_last"
+            and isinstance(effect, float) and effect < VANISHED):
+        # At the Glorot scale a deep sigmoid/tanh stack still shrinks the gradient by the
+        # activation's slope at every layer (measured: the ratio stays orders of magnitude low), so
+        # the scale alone does not make it train: ReLU with He init fixes the scale and the slope.
+        acts = _activation_records(context, [activation])
+        choices.insert(0, _Choice("relu", _target(context, [r.name for r in acts], activation=activation),
+                                  f"The gradient falls {effect:.1e}x through {activation} layers; the right "
+                                  f"scale for {activation} does not change its slope."))
+    return choices
 
 
 def _selu(finding: Finding, context: _Context) -> list[_Choice]:
@@ -441,7 +477,8 @@ def _non_finite(finding: Finding, context: _Context) -> list[_Choice]:
     source = str(finding.evidence.get("first_source", ""))
     choices: list[_Choice] = []
     if source.startswith("input"):
-        choices.append(_Choice("normalize-inputs", _target(context), f"The non-finite values come from the {source}."))
+        choices.append(_Choice("normalize-inputs", _target(context, nonfinite_inputs=True),
+                               f"The non-finite values come from the {source}."))
     bad_weights = [r for r in _records(context, finding.layers) if r.weight is not None and not math.isfinite(r.weight.std)]
     if bad_weights:
         choices += _init_choices(context, bad_weights, why=f"The weights of {_names(bad_weights)} hold NaN/Inf: re-initialise them.")
@@ -457,6 +494,9 @@ def _bad_initial_loss(finding: Finding, context: _Context) -> list[_Choice]:
     choices = []
     if context.inputs_unscaled:  # the cause, when present: unscaled inputs inflate every logit
         choices.append(_Choice("normalize-inputs", _target(context), "The real inputs are not standardised."))
+    large = _misscaled(_hidden_feeders(context), "large")
+    if large:  # the cause, when present: hidden layers that amplify the signal inflate every logit
+        choices += _init_choices(context, large)
     choices.append(_Choice("fix-bias-init", _target(context, head, head=True),
                            f"The output layer {head[0]} starts confidently wrong." if head else ""))
     choices += _init_choices(context, head_records)

@@ -616,3 +616,40 @@ def test_widen_layer_on_the_exported_bottleneck_sample_trains_better():
     assert widen.verified.metric == "narrowing" and widen.verified.before == 128.0 and widen.verified.after == 1.0
     assert widen.verified.loss_after < 0.5 * widen.verified.loss_before
     assert "nn.Linear(512, 4)  ->  nn.Linear(512, 512)" in widen.snippet
+
+
+def test_normalize_inputs_imputes_non_finite_entries_from_the_finite_statistics():
+    x = torch.randn(32, IN, generator=torch.Generator().manual_seed(5)) * 3.0 + 7.0
+    x[3, 1], x[10, 1], x[4, 6] = float("nan"), float("inf"), float("nan")
+    model = nn.Sequential(nn.Linear(IN, OUT))
+    trial = apply_fix("normalize-inputs", model, _workload(x), _records(model, torch.nan_to_num(x)))
+    (out,) = trial.workload.batch.args
+    assert torch.isfinite(out).all()
+    for column in range(IN):
+        values = x[:, column]
+        finite = values[torch.isfinite(values)]
+        mean, std = finite.mean(), finite.std(correction=0)
+        expected = torch.where(torch.isfinite(values), (values - mean) / std, torch.zeros(()))
+        assert torch.allclose(out[:, column], expected, atol=1e-5)
+    assert "3 NaN/Inf entries imputed" in trial.change
+
+
+def test_selu_fix_makes_a_plain_self_normalizing_stack():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(IN, 64), nn.BatchNorm1d(64), nn.SELU(), nn.Dropout(0.1), nn.Linear(64, 64),
+                          nn.Tanh(), nn.Linear(64, OUT))
+    x = torch.randn(BATCH, IN)
+    fixed = apply_fix("selu", model, _workload(x), _records(model, x)).module
+    kinds = [type(m).__name__ for m in fixed]
+    assert kinds[1] == "Identity" and kinds[3] == "AlphaDropout" and kinds[5] == "SELU"
+    for index in (0, 4):  # LeCun normal: std 1/sqrt(fan_in)
+        assert fixed[index].weight.std().item() == pytest.approx(1 / math.sqrt(fixed[index].in_features), rel=0.15)
+    assert type(model[1]).__name__ == "BatchNorm1d"  # the user's model keeps its own
+
+
+def test_selu_fix_is_not_applied_to_a_convolutional_model():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.Tanh(), nn.Flatten(), nn.Linear(8 * 6 * 6, OUT))
+    x = torch.randn(4, 3, 8, 8)
+    with pytest.raises(FixNotApplicable, match="plain dense stacks; this model has Conv2d layers"):
+        apply_fix("selu", model, _workload(x), _records(model, x))

@@ -273,3 +273,25 @@ def test_ranking_is_by_what_the_fix_does_to_training():
     ]
     order = [f.id for f in _ranked(results)]
     assert order == ["cure-fast", "cure-slow", "partial", "useless", "worse-but-silenced", "broke", "untried"]
+
+
+@pytest.mark.parametrize(("case", "check_id", "top"), [
+    ("deep-sigmoid-standard", "vanishing-gradients", "selu"),
+    ("deep-sigmoid-standard", "poor-initialization", "relu"),
+    ("relu-exploding", "bad-initial-loss", "he-init"),
+    ("nan-inputs", "non-finite", "normalize-inputs"),
+    ("bottleneck-mlp", "bottleneck-layer", "widen-layer"),
+])
+def test_the_default_top_fix_is_verified_and_trains_better(case, check_id, top):
+    """The recommender's first choice (without --try-fixes) is the one --try-fixes verifies first,
+    with a lower loss after the short run than the unchanged copy's (docs/fixes.md has the table)."""
+    import models
+
+    zoo = models.CASES[case]
+    plain = diagnose.check(zoo.build(), zoo.make_inputs(), steps=VERIFY_STEPS)
+    tried = diagnose.check(zoo.build(), zoo.make_inputs(), steps=VERIFY_STEPS, try_fixes=True)
+    assert _finding(plain, check_id).fixes[0].id == top
+    first = _finding(tried, check_id).fixes[0]
+    assert first.id == top and first.verified.resolved
+    before, after = first.verified.loss_before, first.verified.loss_after
+    assert after < before or (before != before and after == after)  # lower, or finite where it was NaN

@@ -51,6 +51,7 @@ class FixTarget:
     conv: bool = False
     head: bool = False  # the fix targets the output layer (an overconfident classifier head)
     forget_gate: bool = False  # the fix targets LSTM forget-gate biases (recurrent-gradient-flow)
+    nonfinite_inputs: bool = False  # the inputs hold NaN/Inf (normalize-inputs imputes them)
     clip_norm: float | None = None  # gradient-clipping's threshold, measured in the short run (None: unmeasured)
     clip_steps: int = 0  # how many steps' gradient norms it was chosen from
 

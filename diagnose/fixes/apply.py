@@ -423,6 +423,45 @@ def _swap_fix(fix_id: str) -> Callable[[nn.Module, Sequence[LayerRecord]], str]:
     return lambda model, layers: swap_activations(model, fix_id, layers)
 
 
+def make_self_normalizing(model: nn.Module, layers: Sequence[LayerRecord]) -> str:
+    """The `selu` fix: a plain dense SELU stack, as self-normalisation needs it.
+
+    Every hidden activation becomes SELU, norm layers go (SELU does their job, and they break its
+    fixed point), Dropout becomes AlphaDropout (which keeps the mean and variance SELU relies on),
+    and the weights are drawn LeCun-normal.
+    """
+    structural = sorted({r.type for r in layers if r.kind in ("conv", "recurrent", "attention")})
+    if structural:
+        raise FixNotApplicable(
+            f"SELU's self-normalisation holds for plain dense stacks; this model has {', '.join(structural)} layers"
+        )
+    parts = []
+    try:
+        parts.append(swap_activations(model, "selu", layers))
+    except FixNotApplicable:
+        pass  # every hidden activation is SELU already
+    norms = dropouts = 0
+    for node in _nodes(model):
+        if not node.name:
+            continue
+        if node.kind == "norm":
+            _set_submodule(model, node.name, nn.Identity())
+            norms += 1
+        elif node.type_name == "Dropout":
+            _set_submodule(model, node.name, nn.AlphaDropout(getattr(node.module, "p", 0.0)))
+            dropouts += 1
+    if norms:
+        parts.append(f"removed {norms} norm layer{'s' if norms != 1 else ''}")
+    if dropouts:
+        parts.append(f"{dropouts} Dropout -> AlphaDropout")
+    if not parts:
+        raise FixNotApplicable("the model already is a plain SELU stack without norm layers or plain dropout")
+    if not any("initialisation" in part for part in parts):
+        count = reinitialize(model, "lecun")
+        parts.append(f"LeCun initialisation on {count} layers")
+    return "; ".join(parts)
+
+
 # ---------------------------------------------------------------------------------------------
 # Batch normalisation
 
@@ -706,18 +745,27 @@ def change_optimizer(module: nn.Module, workload: Workload) -> FixTrial:
 
 
 def standardize_batch(batch: Batch) -> tuple[Batch, str]:
-    """The batch with each floating input standardised: per feature (N, F), per channel (N, C, ...)."""
+    """The batch with each floating input standardised: per feature (N, F), per channel (N, C, ...).
+
+    Statistics come from the finite entries; a NaN/Inf entry is imputed with its feature's mean
+    (0 once standardised), as the snippet for non-finite inputs does.
+    """
     changed = 0
+    imputed = 0
 
     def standardize(value):
-        nonlocal changed
+        nonlocal changed, imputed
         if not isinstance(value, torch.Tensor) or not value.is_floating_point() or value.dim() == 0 or value.shape[0] < 2:
             return value
         dims = [0] + list(range(2, value.dim())) if value.dim() >= 2 else [0]
-        mean = value.mean(dim=dims, keepdim=True)
-        std = value.std(dim=dims, keepdim=True, correction=0).clamp_min(MIN_STD)
+        finite = torch.isfinite(value)
+        count = finite.sum(dim=dims, keepdim=True).clamp_min(1)
+        mean = torch.where(finite, value, 0.0).sum(dim=dims, keepdim=True) / count
+        centred = torch.where(finite, value - mean, 0.0)
+        std = (centred.pow(2).sum(dim=dims, keepdim=True) / count).sqrt().clamp_min(MIN_STD)
         changed += 1
-        return (value - mean) / std
+        imputed += int((~finite).sum())
+        return centred / std
 
     args = tuple(standardize(a) for a in batch.args)
     kwargs = {k: standardize(v) for k, v in batch.kwargs.items()}
@@ -728,9 +776,10 @@ def standardize_batch(batch: Batch) -> tuple[Batch, str]:
     stats = tuple(
         describe_input(old.name, tensor, synthetic=old.synthetic) for old, tensor in zip(batch.stats, tensors)
     )
-    return replace(batch, args=args, kwargs=kwargs, stats=stats), (
-        f"standardised {changed} input{'s' if changed != 1 else ''} to zero mean, unit variance per feature"
-    )
+    change = f"standardised {changed} input{'s' if changed != 1 else ''} to zero mean, unit variance per feature"
+    if imputed:
+        change += f"; {imputed} NaN/Inf entries imputed with their feature's mean"
+    return replace(batch, args=args, kwargs=kwargs, stats=stats), change
 
 
 _WORKLOAD_FIXES: dict[str, Callable[[Workload], tuple[Workload, str]]] = {
@@ -746,7 +795,7 @@ _MODEL_FIXES: dict[str, Callable[[nn.Module, Sequence[LayerRecord]], str]] = {
     "relu": _swap_fix("relu"),
     "leaky-relu": _swap_fix("leaky-relu"),
     "elu": _swap_fix("elu"),
-    "selu": _swap_fix("selu"),
+    "selu": make_self_normalizing,
     "batch-norm": insert_batch_norm,
     "fix-bias-init": zero_biases,
     "widen-layer": widen_bottlenecks,

@@ -6,6 +6,15 @@ from diagnose.fixes._model import Fix, FixTarget
 
 
 def _normalize_snippet(target: FixTarget) -> str:
+    if target.nonfinite_inputs:
+        return (
+            "# NaN/Inf in the inputs: drop those rows, or impute each feature's mean, then standardise\n"
+            "# (statistics from the finite values of the training set, reused for validation and test)\n"
+            "train_x = torch.where(torch.isfinite(train_x), train_x, torch.nan)\n"
+            "mean = train_x.nanmean(dim=0, keepdim=True)\n"
+            "std = (train_x - mean).pow(2).nanmean(dim=0, keepdim=True).sqrt().clamp_min(1e-8)\n"
+            "normalize = lambda x: torch.nan_to_num((x - mean) / std, nan=0.0, posinf=0.0, neginf=0.0)"
+        )
     return (
         "# statistics from the training set only, reused for validation and test\n"
         "mean = train_x.mean(dim=0, keepdim=True)\n"

@@ -21,7 +21,9 @@ def test_xavier_under_relu_in_a_deep_stack_fires():
 def test_standard_init_in_deep_sigmoid_fires_through_the_gradient():
     finding = only(zoo_report("deep-sigmoid-standard"), ID)
     assert finding.evidence["effect"] == "gradient_ratio_first_last"
-    assert finding.fixes[0].id == "glorot-init"
+    # the Glorot scale is offered, after ReLU + He: at the right scale the sigmoids' slope still
+    # makes the gradient vanish (measured by --try-fixes), so the scale alone does not make it train
+    assert [fix.id for fix in finding.fixes] == ["relu", "glorot-init"]
 
 
 def test_gpt_style_small_init_feeding_layernorm_is_fine():
