@@ -67,7 +67,7 @@ def _root(
 
 @app.command()
 def check(
-    model: Annotated[str, typer.Argument(metavar="MODEL", help="model.pt2, model.ts.pt, model.pt, pkg.module:build or path/to/file.py:build")],
+    model: Annotated[str, typer.Argument(metavar="MODEL", help="model.pt2, model.ts.pt, model.pt, pkg.module:build, path/to/file.py:build, or a Hugging Face directory (config.json + model.safetensors)")],
     input_shape: Annotated[Optional[list[str]], typer.Option("--input-shape", metavar="SHAPE", help="Synthesize a batch of this shape, e.g. 64,3,32,32 (repeat for several positional inputs): standard-normal floats, or token ids in range when the model starts with an embedding (e.g. 8,128 for GPT-2).")] = None,
     inputs: Annotated[Optional[str], typer.Option("--inputs", metavar="FILE", help="Real inputs: .pt / .npy / .npz holding a tensor, a tuple (positional inputs), a dict of keyword inputs (e.g. input_ids and decoder_input_ids for an encoder-decoder), or {'inputs': ..., 'targets': ...}.")] = None,
     targets: Annotated[Optional[str], typer.Option("--targets", metavar="FILE", help="Real targets: .pt / .npy / .npz.")] = None,

@@ -1,7 +1,8 @@
 """Load what the user passed as MODEL into an nn.Module, dispatching on the file's sniffed content.
 
 `load_model` accepts a torch.export archive, a TorchScript archive, a torch.save'd whole module
-(only with trust_pickle), a factory `pkg.module:build` / `file.py:build`, or an nn.Module object.
+(only with trust_pickle), a Hugging Face checkpoint directory, a factory `pkg.module:build` /
+`file.py:build`, or an nn.Module object.
 """
 
 from __future__ import annotations
@@ -22,13 +23,13 @@ class LoadedModel:
     """A model ready to probe, with what its source said about its inputs."""
 
     module: "torch.nn.Module"  # for TorchScript: the ScriptModule
-    format: str  # "export" | "factory" | "torchscript" | "pickle" | "module"
+    format: str  # "export" | "factory" | "torchscript" | "pickle" | "huggingface" | "module"
     source: str  # what the user passed (path or pkg.mod:fn), or the class name for a module object
     example_args: tuple | None  # positional example inputs (archive sample inputs, or a factory's)
     example_kwargs: dict | None
-    dynamic_batch: bool  # the export archive declares a dynamic dim 0 on its inputs
+    dynamic_batch: bool  # any batch size fits: an export's dynamic dim 0, a Hugging Face model
     limitations: tuple[str, ...] = ()  # plain sentences: probes that cannot run on this model
-    input_specs: tuple[InputSpec, ...] = ()  # declared positional inputs (export), or the token input
+    input_specs: tuple[InputSpec, ...] = ()  # declared inputs (export, Hugging Face config), or the token input
     frozen_norms: int = 0  # batch-norm ops an export archive runs in inference mode (exported after .eval())
 
 
@@ -42,7 +43,7 @@ def load_model(source: "str | Path | torch.nn.Module", *, weights: str | None = 
     if isinstance(source, torch.nn.Module):
         loaded = _wrap_module(source)
     elif isinstance(source, (str, Path)):
-        loaded = _load_source(str(source), trust_pickle=trust_pickle, device=device)
+        loaded = _load_source(str(source), trust_pickle=trust_pickle, device=device, weights=weights)
     else:
         raise DiagnoseError(f"cannot load a {type(source).__name__} as a model; pass an nn.Module, "
                             "a model file, or a factory like pkg.module:build.")
@@ -55,7 +56,7 @@ def load_model(source: "str | Path | torch.nn.Module", *, weights: str | None = 
     return loaded
 
 
-def _load_source(source: str, *, trust_pickle: bool, device: str) -> LoadedModel:
+def _load_source(source: str, *, trust_pickle: bool, device: str, weights: str | None = None) -> LoadedModel:
     from diagnose.loading import sniff
     from diagnose.loading.factory import build_from_factory
     from diagnose.loading.imports import is_reference
@@ -68,6 +69,16 @@ def _load_source(source: str, *, trust_pickle: bool, device: str) -> LoadedModel
                            example_kwargs=_to_device(built.example_kwargs, device),
                            dynamic_batch=False, input_specs=token_input_of(built.module))
     form = sniff.sniff_model_file(path)
+    if form == sniff.HUGGINGFACE:
+        from diagnose.loading.huggingface import FORMAT, load_huggingface
+
+        if weights is not None:
+            raise DiagnoseError(f"{source} is a Hugging Face directory, which holds its own weights; "
+                                "drop --weights (or save those weights into the directory with save_pretrained).")
+        contents = load_huggingface(path, trust_pickle=trust_pickle, device=device)
+        return LoadedModel(module=contents.module, format=FORMAT, source=source, example_args=None,
+                           example_kwargs=None, dynamic_batch=True, limitations=contents.limitations,
+                           input_specs=contents.input_specs)
     if form == sniff.EXPORT:
         from diagnose.loading.export import load_export
 

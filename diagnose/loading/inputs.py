@@ -2,7 +2,8 @@
 
 Choice, in order: --inputs FILE (origin "file"); --input-shape (origin "synthetic"); the archive's
 or factory's example inputs (origin "example", or "synthetic" when resized to a larger batch); a
-synthetic batch from the shapes an export archive declares. With none of these: DiagnoseError.
+synthetic batch from the inputs the model declares (an export archive's shapes, a Hugging Face
+config's token ids or images). With none of these: DiagnoseError.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from diagnose.config import DEFAULT_BATCH_SIZE
 from diagnose.errors import DiagnoseError
 from diagnose.loading.input_files import read_inputs_file, read_targets_file
+from diagnose.loading.sniff import HUGGINGFACE
 from diagnose.loading.synthesize import resize_like, synthesize
 
 if TYPE_CHECKING:
@@ -26,6 +28,10 @@ if TYPE_CHECKING:
 # Example batches smaller than this give per-unit statistics (dead fraction, saturation) from too
 # few samples to mean much, so a dynamic-batch export is resized to DEFAULT_BATCH_SIZE instead.
 TINY_EXAMPLE_BATCH = 8
+# Declared inputs with a dynamic batch are first synthesized at this size to count the forward's
+# FLOPs per sample: the cheapest forward that still counts, and two samples keep a batch norm over
+# (N, C) features working in training mode.
+COST_PROBE_BATCH = 2
 
 SYNTHETIC = "synthetic"
 FILE = "file"
@@ -64,6 +70,7 @@ def prepare_batch(loaded: "LoadedModel", *, input_shapes: tuple[tuple[int, ...],
         _check_declared_shapes(loaded, args, f"--inputs {inputs_path}")
         origin, synthetic = FILE, False
     elif input_shapes:
+        _refuse_shapes_for_keyword_model(loaded)
         shapes = tuple(_with_batch(tuple(s), batch_size) for s in input_shapes)
         _check_declared_shapes(loaded, shapes, "--input-shape")
         args = synthesize(shapes, loaded.input_specs, seed=seed, float_dtype=_float_dtype(loaded.module),
@@ -123,7 +130,8 @@ def _from_model(loaded: "LoadedModel", batch_size: int | None, seed: int, device
     named = list(enumerate(args)) + list(kwargs.items())
     tensors = [(key, v) for key, v in named if _is_tensor(v)]
     if not tensors:
-        return _from_declared_shapes(loaded, batch_size, seed, device), {}, SYNTHETIC
+        declared_args, declared_kwargs = _from_declared_shapes(loaded, batch_size, seed, device)
+        return declared_args, declared_kwargs, SYNTHETIC
     example_batch = tensors[0][1].shape[0] if tensors[0][1].ndim else None
     target = _resized_batch(loaded, example_batch, batch_size)
     if target is None or target == example_batch:
@@ -153,30 +161,73 @@ def _resized_batch(loaded: "LoadedModel", example_batch: int | None, batch_size:
     if batch_size is not None:
         return batch_size
     if loaded.dynamic_batch and example_batch < TINY_EXAMPLE_BATCH:
-        return _affordable_batch(loaded, example_batch)
+        return _affordable_batch(loaded.module, tuple(loaded.example_args or ()), dict(loaded.example_kwargs or {}),
+                                 example_batch)
     return None
 
 
-def _affordable_batch(loaded: "LoadedModel", example_batch: int) -> int:
+def _affordable_batch(module: "torch.nn.Module", args: tuple, kwargs: dict, example_batch: int) -> int:
     """DEFAULT_BATCH_SIZE for a cheap model; fewer samples (not under TINY_EXAMPLE_BATCH) for one
     whose check would otherwise run for many minutes (diagnose/loading/cost.py)."""
     from diagnose.loading.cost import forward_flops, proportionate_batch
 
-    flops = forward_flops(loaded.module, tuple(loaded.example_args or ()), dict(loaded.example_kwargs or {}))
+    flops = forward_flops(module, args, kwargs)
     per_sample = flops / example_batch if flops is not None else None
     return proportionate_batch(per_sample, smallest=TINY_EXAMPLE_BATCH, largest=DEFAULT_BATCH_SIZE)
 
 
-def _from_declared_shapes(loaded: "LoadedModel", batch_size: int | None, seed: int, device: str) -> tuple:
+def _from_declared_shapes(loaded: "LoadedModel", batch_size: int | None, seed: int,
+                          device: str) -> tuple[tuple, dict]:
+    """(args, kwargs) synthesized from the declared inputs.
+
+    A dynamic batch dimension gets --batch-size, else DEFAULT_BATCH_SIZE, or fewer samples for a
+    model whose forward is expensive, as for a grown example batch.
+    """
     specs = loaded.input_specs
     declared = specs and all(s.shape is not None and None not in s.shape[1:] for s in specs)
     if not declared:
         raise DiagnoseError(f"{loaded.source} has no example inputs; pass --input-shape (e.g. "
                             "--input-shape 32,784) or --inputs FILE.")
-    batch = batch_size or DEFAULT_BATCH_SIZE
-    shapes = tuple(tuple(batch if (d is None or i == 0 and batch_size) else d for i, d in enumerate(s.shape))
+    dynamic = any(s.shape and s.shape[0] is None for s in specs)
+    batch = batch_size
+    if batch is None and dynamic:
+        probe_args, probe_kwargs = _synthesize_declared(loaded, COST_PROBE_BATCH, pin_batch=False, seed=seed,
+                                                        device=device)
+        batch = _affordable_batch(loaded.module, probe_args, probe_kwargs, COST_PROBE_BATCH)
+    return _synthesize_declared(loaded, batch or DEFAULT_BATCH_SIZE, pin_batch=batch_size is not None, seed=seed,
+                                device=device)
+
+
+def _synthesize_declared(loaded: "LoadedModel", batch: int, *, pin_batch: bool, seed: int,
+                         device: str) -> tuple[tuple, dict]:
+    """One tensor per declared input, dynamic dims (and dim 0 when `pin_batch`) set to `batch`;
+    keyword inputs go to kwargs under their names."""
+    specs = loaded.input_specs
+    shapes = tuple(tuple(batch if (d is None or i == 0 and pin_batch) else d for i, d in enumerate(s.shape))
                    for s in specs)
-    return synthesize(shapes, specs, seed=seed, float_dtype=_float_dtype(loaded.module), device=device)
+    tensors = synthesize(shapes, specs, seed=seed, float_dtype=_float_dtype(loaded.module), device=device)
+    args = tuple(t for s, t in zip(specs, tensors) if not s.keyword)
+    kwargs = {s.name: t for s, t in zip(specs, tensors) if s.keyword}
+    return args, kwargs
+
+
+def _refuse_shapes_for_keyword_model(loaded: "LoadedModel") -> None:
+    """--input-shape gives positional tensors only; an encoder-decoder also needs its decoder's ids.
+
+    Without this, a T5 fed --input-shape fails inside its forward with an error that sends the
+    user back to --input-shape, a flag that cannot give what it needs.
+    """
+    config = getattr(loaded.module, "config", None)
+    if getattr(config, "is_encoder_decoder", False) is not True:
+        return
+    drop = (" or drop --input-shape: diagnose synthesizes both from config.json" if loaded.format == HUGGINGFACE
+            else " or pass the model's Hugging Face directory (save_pretrained) as MODEL")
+    raise DiagnoseError(
+        f"{loaded.source} is an encoder-decoder model ({type(loaded.module).__name__}) whose forward needs the "
+        "keyword inputs input_ids and decoder_input_ids, which --input-shape cannot give; save them in a dict, "
+        "torch.save({'input_ids': ids, 'decoder_input_ids': ids}, 'batch.pt'), and pass --inputs batch.pt,"
+        f"{drop}."
+    )
 
 
 def _check_declared_shapes(loaded: "LoadedModel", inputs: tuple, what: str) -> None:

@@ -1,4 +1,4 @@
-"""Tell which kind of PyTorch file a MODEL path is from its content, not its extension."""
+"""Tell which kind of model a MODEL path is from its content, not its extension."""
 
 from __future__ import annotations
 
@@ -10,6 +10,8 @@ from diagnose.errors import DiagnoseError
 EXPORT = "export"
 TORCHSCRIPT = "torchscript"
 TORCH_SAVE = "torch-save"  # a torch.save zip: a whole pickled module, or a state dict
+HUGGINGFACE = "huggingface"  # a directory saved with save_pretrained: config.json beside the weights
+HUGGINGFACE_CONFIG = "config.json"
 
 # torch.save's pre-1.6 format is a bare pickle stream, which opens with the PROTO opcode.
 PICKLE_PROTO_OPCODE = b"\x80"
@@ -25,13 +27,17 @@ def archive_relative_names(names: list[str]) -> set[str]:
 
 
 def sniff_model_file(path: Path) -> str:
-    """Return EXPORT, TORCHSCRIPT or TORCH_SAVE for `path`, or raise a DiagnoseError saying what it is not."""
+    """Return EXPORT, TORCHSCRIPT, TORCH_SAVE or HUGGINGFACE for `path`, or raise a DiagnoseError saying
+    what it is not."""
     if not path.exists():
-        raise DiagnoseError(f"{path} does not exist; pass a .pt2 archive, a TorchScript file, "
-                            "a torch.save file or a factory like pkg.module:build.")
+        raise DiagnoseError(f"{path} does not exist; pass a .pt2 archive, a TorchScript file, a torch.save "
+                            "file, a Hugging Face directory or a factory like pkg.module:build.")
     if path.is_dir():
-        raise DiagnoseError(f"{path} is a folder, not a model file; pass the archive file inside it "
-                            "or a factory like pkg.module:build.")
+        if (path / HUGGINGFACE_CONFIG).is_file():
+            return HUGGINGFACE
+        raise DiagnoseError(f"{path} is a folder without a {HUGGINGFACE_CONFIG}, so neither a model file nor a "
+                            "Hugging Face directory; pass the model file inside it, a directory saved with "
+                            "save_pretrained, or a factory like pkg.module:build.")
     if zipfile.is_zipfile(path):
         return _sniff_zip(path)
     with path.open("rb") as handle:
