@@ -417,7 +417,12 @@ def _residual_growth(finding: Finding, context: _Context) -> list[_Choice]:
 def _recurrent_flow(finding: Finding, context: _Context) -> list[_Choice]:
     growth = finding.evidence.get("gradient_growth_back_in_time")
     if isinstance(growth, float):
+        # The recurrent matrix's gain above 1 is the cause: an orthogonal one has gain 1 and cures it
+        # (measured on the corpus's chaotic RNN); clipping and a lower rate only bound the steps.
         return [
+            _Choice("glorot-init", _target(context, finding.layers, recurrent_weights=True),
+                    f"The gradient grows {growth:.3g}x back through the sequence: the recurrent weights amplify "
+                    "at every step."),
             _Choice("gradient-clipping", _target(context),
                     f"The gradient grows {growth:.3g}x back through the sequence: clipping bounds each update."),
             _Choice("lower-lr", _target(context), ""),

@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING
 from diagnose import progress
 from diagnose.checks import run_checks
 from diagnose.checks.bottleneck_layer import bottlenecks
-from diagnose.checks.recurrent_gradient_flow import reach_back
+from diagnose.checks.recurrent_gradient_flow import back_in_time_growth, reach_back
 from diagnose.checks.residual_stream_growth import stream_growth
 from diagnose.checks._signal import (
     activation_trend,
@@ -235,6 +235,9 @@ def finding_metric(finding: Finding, evidence: Evidence) -> tuple[str, float | N
     if check_id == "non-finite":
         return "nonfinite_values", _nonfinite_count(evidence)
     if check_id == "recurrent-gradient-flow":
+        if "gradient_growth_back_in_time" in finding.evidence:
+            growths = [g[0] for g in map(back_in_time_growth, evidence.recurrent) if g is not None]
+            return "gradient_growth_back_in_time", max(growths) if growths else None
         return "gradient_ratio_10_back", _recurrent_reach(evidence)
     if check_id == "residual-stream-growth":
         growth = stream_growth(evidence.layers)
@@ -270,8 +273,8 @@ def badness(metric: str, value: float | None) -> float | None:
         return abs(math.log10(value)) if value > 0 else math.inf  # healthy at 1, judged in decades
     if metric == "max_update_ratio":
         return abs(math.log10(value / HEALTHY_UPDATE_RATIO)) if value > 0 else math.inf
-    if metric == "max_gradient_rms":
-        return math.log10(max(value, 1.0))
+    if metric in ("max_gradient_rms", "gradient_growth_back_in_time"):
+        return math.log10(max(value, 1.0))  # healthy at or below 1, judged in decades above
     return value  # fractions, counts, gaps and loss ratios: lower is better
 
 

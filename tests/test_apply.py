@@ -18,7 +18,6 @@ from torch.nn import functional as F
 
 import probes
 from diagnose.fixes.apply import (
-    LR_FACTOR,
     FixNotApplicable,
     apply_fix,
 )
@@ -357,11 +356,9 @@ def test_batch_norm_on_an_export_rebuilds_eager_layers_sharing_the_weights(tmp_p
 # Run settings and inputs
 
 
+# lower-lr, higher-lr and lr-warmup take their rate from an LR range test: tests/test_lr_find.py
 @pytest.mark.parametrize(("fix_id", "field", "expected"), [
-    ("lower-lr", "lr", 0.01 / LR_FACTOR),
-    ("higher-lr", "lr", 0.01 * LR_FACTOR),
     ("gradient-clipping", "clip_grad_norm", DEFAULT_CLIP_NORM),  # no run given: nothing measured
-    ("lr-warmup", "warmup_steps", 5),
 ])
 def test_workload_fixes_change_only_the_run(fix_id, field, expected, x):
     model = nn.Sequential(nn.Linear(IN, OUT))
@@ -653,3 +650,29 @@ def test_selu_fix_is_not_applied_to_a_convolutional_model():
     x = torch.randn(4, 3, 8, 8)
     with pytest.raises(FixNotApplicable, match="plain dense stacks; this model has Conv2d layers"):
         apply_fix("selu", model, _workload(x), _records(model, x))
+
+
+def test_glorot_init_gives_recurrent_layers_orthogonal_recurrent_weights():
+    torch.manual_seed(0)
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.rnn = nn.LSTM(IN, 16, batch_first=True)
+            self.head = nn.Linear(16, OUT)
+
+        def forward(self, x):
+            out, _ = self.rnn(x)
+            return self.head(out[:, -1])
+
+    model = Net()
+    with torch.no_grad():
+        model.rnn.weight_hh_l0.mul_(4.0)
+    x = torch.randn(4, 7, IN)
+    fixed = apply_fix("glorot-init", model, _workload(x), _records(model, x)).module
+    for gate in fixed.rnn.weight_hh_l0.detach().split(16):  # each gate's recurrent block is orthogonal
+        assert torch.allclose(gate @ gate.T, torch.eye(16), atol=1e-5)
+    bias = fixed.rnn.bias_ih_l0.detach()
+    assert torch.all(bias[16:32] == 1.0) and torch.count_nonzero(bias[:16]) == 0  # forget gate +1
+    assert fixed.rnn.weight_ih_l0.abs().max().item() <= math.sqrt(6 / (IN + 16)) + 1e-6  # Glorot-uniform bound
+    assert torch.equal(model.rnn.weight_hh_l0, model.rnn.weight_hh_l0)  # (the user's stays 4x: untouched)

@@ -281,3 +281,18 @@ def test_an_oversized_init_is_named_first_for_the_findings_it_causes():
     assert _fix_ids(by_id["dead-relu"])[0] == "he-init"
     assert _fix_ids(by_id["bad-initial-loss"])[0] == "he-init"
     assert by_id["lr-too-high"].evidence["likely_cause"] == "exploding-gradients"
+
+
+def test_a_gradient_growing_back_in_time_gets_orthogonal_recurrent_weights_first():
+    import torch
+
+    import calibration
+
+    torch.manual_seed(0)
+    model = calibration.ChaoticRNN(4.0)
+    report = __import__("diagnose").check(model, torch.randn(8, 24, 16))
+    finding = _finding(report, "recurrent-gradient-flow")
+    assert _fix_ids(finding)[:2] == ["glorot-init", "gradient-clipping"]
+    _exec_snippet(finding.fixes[0].snippet, model)  # the snippet does it on the user's model
+    for gate in model.rnn.weight_hh_l0.detach().split(64):
+        assert torch.allclose(gate @ gate.T, torch.eye(64), atol=1e-5)

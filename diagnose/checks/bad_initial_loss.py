@@ -24,7 +24,9 @@ is 2.3.
 
 ## Fixes
 `fix-bias-init` (zero the last layer's bias, or set it to the class prior, and shrink its weights),
-`glorot-init` for the last layer, `normalize-inputs` when the inputs are unscaled.
+`glorot-init` for the last layer; first, where one is measured, the cause upstream:
+`normalize-inputs` when the inputs are unscaled, the hidden layers' init scheme when their weights
+are too large.
 
 ## Options
 `relative_gap`.

@@ -36,7 +36,8 @@ A ReLU MLP whose `Linear` biases are set to -10: every hidden unit is dead at in
 
 ## Fixes
 `fix-bias-init` when the biases feeding the layer are very negative, then `leaky-relu`, `elu`,
-`he-init`, and `lower-lr` (first when units die during the run rather than at init).
+`he-init`, and `lower-lr` (first when units die during the run rather than at init, unless the
+weights feeding them are measurably too large: then their init scheme comes first).
 
 ## Options
 `dead_fraction`, `dead_fraction_error`, `min_samples`.

@@ -37,9 +37,10 @@ Ten `Linear(32, 32)` + `ReLU` layers initialised at 3x the He std: the gradient 
 is ~5e4x the one at the head.
 
 ## Fixes
-`gradient-clipping`, `lower-lr`, `he-init` / `glorot-init` (proper init; first when the weights are
-measurably too large), `batch-norm`. For recurrent networks clipping comes first and batch norm is
-not offered.
+`gradient-clipping`, `lower-lr`, `he-init` / `glorot-init` (proper init), `batch-norm`. When the
+weights are measurably too large the init is the cause: the init scheme first, then `batch-norm`,
+and clipping and a lower rate after them (they bound the steps of a network that still explodes at
+init). For recurrent networks clipping comes first and batch norm is not offered.
 
 ## Options
 `ratio`, `huge_rms`, `min_layers`.

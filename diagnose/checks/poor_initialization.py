@@ -44,7 +44,8 @@ train); info when the short run trains normally.
 
 ## Fixes
 `he-init`, `glorot-init` or `lecun-init`, whichever the layers' activation needs; the snippet
-re-initialises exactly the flagged layers.
+re-initialises exactly the flagged layers. In a sigmoid/tanh stack whose gradient vanishes, `relu`
+(with He init) comes first: at the right scale the activation's slope still shrinks the gradient.
 
 ## Options
 `tolerance`, `share`, `min_layers`, `signal_change`, `saturated_fraction`, `normalised_gain`.

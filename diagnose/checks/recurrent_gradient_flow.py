@@ -45,7 +45,9 @@ step's, against ~3e-3 for the default init.
 ## Fixes
 `fix-bias-init`: set the LSTM forget-gate bias to +1 (b_ih[h:2h] = 1, b_hh[h:2h] = 0); for a GRU or
 plain RNN, `gradient-clipping` with a `lr-schedule` is the usual companion, and an LSTM/GRU in place
-of a plain RNN for long dependencies.
+of a plain RNN for long dependencies. When the gradient grows back in time, `glorot-init` first:
+Glorot input weights and orthogonal recurrent weights (Keras' default for recurrent layers), whose
+gain of 1 removes the cause; then `gradient-clipping` and `lower-lr`, which only bound the steps.
 
 ## Options
 `horizon`, `gradient_floor`, `growth`.

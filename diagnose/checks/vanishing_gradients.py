@@ -31,9 +31,10 @@ layers with weights drawn from U[-1/sqrt(n), 1/sqrt(n)]: the gradient reaching t
 about 1e-5x the one at the head.
 
 ## Fixes
-`relu` (with `he-init`) for saturating activations, `he-init` / `glorot-init` when the init is
-mis-scaled, `batch-norm`, `selu` for a plain dense stack, `residual-connections` for very deep
-stacks.
+For saturating activations the slope is the cause: `selu` first in a plain dense stack, `relu`
+(with He init), `batch-norm`, and only then the Glorot scale, which leaves the slope as it is.
+Otherwise `he-init` / `glorot-init` when the init is mis-scaled, `batch-norm`,
+`residual-connections` for very deep stacks.
 
 ## Options
 `ratio` (fire below this first/last change), `min_layers`.

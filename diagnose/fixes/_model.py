@@ -51,9 +51,12 @@ class FixTarget:
     conv: bool = False
     head: bool = False  # the fix targets the output layer (an overconfident classifier head)
     forget_gate: bool = False  # the fix targets LSTM forget-gate biases (recurrent-gradient-flow)
+    recurrent_weights: bool = False  # the layers are RNN/LSTM/GRU modules (an init fix re-draws their weights)
     nonfinite_inputs: bool = False  # the inputs hold NaN/Inf (normalize-inputs imputes them)
     clip_norm: float | None = None  # gradient-clipping's threshold, measured in the short run (None: unmeasured)
     clip_steps: int = 0  # how many steps' gradient norms it was chosen from
+    proposed_lr: float | None = None  # the LR an LR range test verified on the model (None: not run)
+    warmup_steps: int | None = None  # lr-warmup's ramp length, from that range test (None: not run)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

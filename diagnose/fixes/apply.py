@@ -33,6 +33,7 @@ from torch.overrides import TorchFunctionMode
 from diagnose.cloning import clone_module
 from diagnose.evidence import LossTrace
 from diagnose.fixes._model import FixTarget
+from diagnose.fixes.learning_rate import LR_FIXES, apply_lr_fix
 from diagnose.fixes.optimization import (
     DEFAULT_CLIP_NORM,
     clip_snippet,
@@ -63,11 +64,6 @@ ALL_FAMILIES = frozenset(ACTIVATION_MODULES.values())
 
 # The LeakyReLU slope PyTorch and Keras default to; small enough to keep ReLU's sparsity.
 LEAKY_SLOPE = 0.01
-# lower-lr / higher-lr move the learning rate by one decade, the step of an LR range search.
-LR_FACTOR = 10.0
-# Warm up over the first quarter of the short run: long enough to tame the first large updates,
-# short enough that most of the run is spent at the full learning rate.
-WARMUP_FRACTION = 0.25
 # Input standardisation divides by the std; a constant feature would divide by zero.
 MIN_STD = 1e-8
 
@@ -107,9 +103,9 @@ def apply_fix(
         return clip_gradients(module, workload, run)
     if fix_id == "change-optimizer":
         return change_optimizer(module, workload)
-    if fix_id in _WORKLOAD_FIXES:
-        new_workload, change = _WORKLOAD_FIXES[fix_id](workload)
-        return FixTrial(module=module, workload=new_workload, change=change)
+    if fix_id in LR_FIXES:
+        lr_change = apply_lr_fix(fix_id, module, workload)  # an LR range test on the model picks the rate
+        return FixTrial(module=module, workload=lr_change.workload, change=lr_change.change, snippet=lr_change.snippet)
     if fix_id == "normalize-inputs":
         batch, change = standardize_batch(workload.batch)
         return FixTrial(module=module, workload=replace(workload, batch=batch), change=change)
@@ -211,10 +207,48 @@ def _init_fix(scheme: str, label: str) -> Callable[[nn.Module, Sequence[LayerRec
             r.name for r in layers
             if r.kind in ("linear", "conv") and r.source == "module" and scheme_for(r.followed_by) == scheme
         }
-        count = reinitialize(model, scheme, only=wanting or None)
-        return f"{label} initialisation on {count} layer{'s' if count != 1 else ''}, biases zeroed"
+        # Recurrent layers run tanh/sigmoid inside: Glorot's, with orthogonal recurrent weights.
+        recurrent = {r.name for r in layers if r.kind == "recurrent"} if scheme == "glorot" else set()
+        done = []
+        if wanting or not recurrent:
+            count = reinitialize(model, scheme, only=wanting or None)
+            done.append(f"{label} initialisation on {count} layer{'s' if count != 1 else ''}, biases zeroed")
+        if recurrent:
+            count = reinitialize_recurrent(model, recurrent)
+            done.append(f"Glorot input and orthogonal recurrent weights in {count} recurrent "
+                        f"layer{'s' if count != 1 else ''}")
+        return "; ".join(done)
 
     return fix
+
+
+def reinitialize_recurrent(model: nn.Module, only: set[str]) -> int:
+    """Keras' recipe for RNN/LSTM/GRU layers: Glorot-uniform input weights and orthogonal recurrent
+    weights, gate by gate, biases zero (an LSTM's forget gate +1).
+
+    An orthogonal matrix keeps a vector's norm, so the recurrent step neither shrinks nor grows the
+    gradient going back through time beyond what the gates' slopes do (Saxe et al. 2014).
+    """
+    count = 0
+    for name, module in model.named_modules():
+        if name not in only or not isinstance(module, nn.RNNBase):
+            continue
+        hidden = module.hidden_size
+        with torch.no_grad():
+            for param_name, param in module.named_parameters():
+                if param_name.startswith("weight_ih"):
+                    for gate in param.split(hidden):
+                        nn.init.xavier_uniform_(gate)
+                elif param_name.startswith("weight_hh"):
+                    for gate in param.split(hidden):
+                        nn.init.orthogonal_(gate)
+                elif param_name.startswith("bias"):
+                    param.zero_()
+        count += 1
+    if count == 0:
+        raise FixNotApplicable("the recurrent layers are not torch RNN/LSTM/GRU modules diagnose can re-initialise")
+    reset_forget_gates(model)
+    return count
 
 
 def zero_biases(model: nn.Module, layers: Sequence[LayerRecord]) -> str:
@@ -691,16 +725,6 @@ def _widened_norm(norm: nn.Module, width: int) -> nn.Module:
 # Workload fixes: the optimiser settings and the batch
 
 
-def _lower_lr(workload: Workload) -> tuple[Workload, str]:
-    lr = workload.lr / LR_FACTOR
-    return replace(workload, lr=lr), f"learning rate {workload.lr:g} -> {lr:g}"
-
-
-def _higher_lr(workload: Workload) -> tuple[Workload, str]:
-    lr = workload.lr * LR_FACTOR
-    return replace(workload, lr=lr), f"learning rate {workload.lr:g} -> {lr:g}"
-
-
 def clip_gradients(module: nn.Module, workload: Workload, run: LossTrace | None) -> FixTrial:
     """Clip by global norm at the threshold the unchanged copy's run measured (or the default)."""
     measured = measured_clip_norm(run.history, run.gradient_norms) if run is not None else None
@@ -714,11 +738,6 @@ def clip_gradients(module: nn.Module, workload: Workload, run: LossTrace | None)
         change = f"gradients clipped to global norm {threshold:.3g}, the 90th percentile of {steps} measured norms"
     return FixTrial(module=module, workload=replace(workload, clip_grad_norm=threshold), change=change,
                     snippet=clip_snippet(target))
-
-
-def _warmup(workload: Workload) -> tuple[Workload, str]:
-    steps = max(1, round(workload.steps * WARMUP_FRACTION))
-    return replace(workload, warmup_steps=steps), f"learning rate warmed up linearly over the first {steps} steps"
 
 
 def change_optimizer(module: nn.Module, workload: Workload) -> FixTrial:
@@ -781,12 +800,6 @@ def standardize_batch(batch: Batch) -> tuple[Batch, str]:
         change += f"; {imputed} NaN/Inf entries imputed with their feature's mean"
     return replace(batch, args=args, kwargs=kwargs, stats=stats), change
 
-
-_WORKLOAD_FIXES: dict[str, Callable[[Workload], tuple[Workload, str]]] = {
-    "lower-lr": _lower_lr,
-    "higher-lr": _higher_lr,
-    "lr-warmup": _warmup,
-}
 
 _MODEL_FIXES: dict[str, Callable[[nn.Module, Sequence[LayerRecord]], str]] = {
     "he-init": _init_fix("he", "He"),

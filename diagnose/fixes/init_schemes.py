@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from diagnose.fixes._model import Fix, FixTarget, layer_loop
+from diagnose.fixes._model import Fix, FixTarget, layer_loop, name_list
 
 _RELU_NONLINEARITY = {"leaky_relu": "leaky_relu", "prelu": "leaky_relu", "rrelu": "leaky_relu"}
 
@@ -24,7 +24,28 @@ def _he_snippet(target: FixTarget) -> str:
     return "import torch.nn as nn\n\n# layers that feed a ReLU-like activation\n" + layer_loop(target.layers, body, fallback)
 
 
+def _recurrent_glorot_snippet(target: FixTarget) -> str:
+    return (
+        "import torch.nn as nn\n\n"
+        "# Keras' recipe for recurrent layers: Glorot input weights and orthogonal recurrent\n"
+        "# weights (gate by gate), which keep the gradient's size through time\n"
+        "modules = dict(model.named_modules())\n"
+        f"for name in {name_list(target.layers)}:\n"
+        "    rnn = modules[name]\n"
+        "    for pname, p in rnn.named_parameters():\n"
+        "        for gate in p.data.split(rnn.hidden_size):\n"
+        "            if pname.startswith('weight_ih'):\n"
+        "                nn.init.xavier_uniform_(gate)\n"
+        "            elif pname.startswith('weight_hh'):\n"
+        "                nn.init.orthogonal_(gate)\n"
+        "            else:\n"
+        "                nn.init.zeros_(gate)  # an LSTM then wants its forget-gate bias at +1"
+    )
+
+
 def _glorot_snippet(target: FixTarget) -> str:
+    if target.recurrent_weights and target.layers:
+        return _recurrent_glorot_snippet(target)
     gain = {"tanh": "nn.init.calculate_gain('tanh')", "sigmoid": "1.0"}.get(target.activation or "", "1.0")
     body = (
         f"nn.init.xavier_uniform_(layer.weight, gain={gain})\n"
