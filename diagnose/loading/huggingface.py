@@ -145,12 +145,48 @@ def _weights_format(path: Path, trust_pickle: bool) -> bool:
 
 
 def _import_transformers() -> Any:
+    _let_a_mismatched_torchvision_import()
     try:
         import transformers
     except ImportError as exc:
         raise DiagnoseError("a Hugging Face directory is loaded with transformers, which is not installed; "
                             "pip install transformers.") from exc
     return transformers
+
+
+def _let_a_mismatched_torchvision_import() -> None:
+    """transformers imports torchvision when it is installed. A torchvision wheel built for another
+    torch (PyPI's beside a CPU torch, as in this project's dev install) fails at import, registering
+    fake kernels for two ops its compiled library did not define, and every model class then fails
+    to import. Declaring those two op schemas first lets its pure-Python part import; only when that
+    exact failure happens, so a working torchvision is never touched."""
+    import importlib.util
+    import sys
+
+    if "torchvision" in sys.modules or importlib.util.find_spec("torchvision") is None:
+        return
+    try:
+        import torchvision  # noqa: F401
+        return
+    except RuntimeError as exc:
+        if "torchvision::" not in str(exc):
+            return  # another failure: transformers' own import will report it
+    import torch
+
+    for name in [n for n in sys.modules if n == "torchvision" or n.startswith("torchvision.")]:
+        del sys.modules[name]  # the half-imported package, so the import below starts clean
+    global _TORCHVISION_SCHEMAS
+    if _TORCHVISION_SCHEMAS is None:
+        _TORCHVISION_SCHEMAS = torch.library.Library("torchvision", "DEF")  # noqa: TOR901
+        _TORCHVISION_SCHEMAS.define("nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
+        _TORCHVISION_SCHEMAS.define("qnms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
+    try:
+        import torchvision  # noqa: F401,F811
+    except Exception:  # noqa: BLE001 - still broken: transformers' own import will say how
+        pass
+
+
+_TORCHVISION_SCHEMAS = None
 
 
 @contextmanager

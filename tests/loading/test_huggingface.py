@@ -343,3 +343,19 @@ def test_encoder_decoder_runs_on_keyword_inputs_from_a_file(tmp_path: Path) -> N
     torch.save({"input_ids": ids, "decoder_input_ids": ids}, tmp_path / "batch.pt")
     batch = prepare_batch(load_model(_t5()), inputs_path=str(tmp_path / "batch.pt"))
     assert set(batch.kwargs) == {"input_ids", "decoder_input_ids"}
+
+
+def test_a_fresh_process_loads_a_directory(saved: dict[str, Path]) -> None:
+    """The command as a user runs it: no test fixture has prepared torchvision or transformers
+    (in this project's dev install, PyPI's torchvision cannot import beside the CPU torch unless
+    the loader handles it)."""
+    import subprocess
+
+    result = subprocess.run(
+        [sys.executable, "-m", "diagnose", "check", str(saved["gpt2"]), "--steps", "2", "--json", "-"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode in (0, 1), result.stderr
+    data = json.loads(result.stdout)
+    assert data["model"]["format"] == "huggingface"
+    assert math.isfinite(data["loss"]["initial"])
