@@ -83,6 +83,8 @@ def check(
     json_path: Annotated[Optional[str], typer.Option("--json", metavar="PATH", help="Write the JSON report here ('-' = stdout; the human report then goes to stderr).")] = None,
     markdown_path: Annotated[Optional[str], typer.Option("--markdown", metavar="PATH", help="Write a Markdown report here.")] = None,
     junit_path: Annotated[Optional[str], typer.Option("--junit", metavar="PATH", help="Write a JUnit XML report here.")] = None,
+    html_path: Annotated[Optional[str], typer.Option("--html", metavar="PATH", help='Write a self-contained HTML report with figures here (needs pip install "diagnose[plot]").')] = None,
+    plot_dir: Annotated[Optional[str], typer.Option("--plot", metavar="DIR", help='Write the report\'s figures as PNG files into DIR (created if missing; needs pip install "diagnose[plot]").')] = None,
     fail_on: Annotated[Optional[str], typer.Option("--fail-on", metavar="LEVEL", help="Exit 1 on findings at/above: error | warning | info | never (default error).")] = None,
     select: Annotated[Optional[list[str]], typer.Option("--select", metavar="IDS", help="Run only these checks (comma-separated ids).")] = None,
     ignore: Annotated[Optional[list[str]], typer.Option("--ignore", metavar="IDS", help="Skip these checks (comma-separated ids).")] = None,
@@ -112,6 +114,8 @@ def check(
             "json_path": json_path,
             "markdown_path": markdown_path,
             "junit_path": junit_path,
+            "html_path": html_path,
+            "plot_dir": plot_dir,
             "fail_on": fail_on,
             "select": split_ids(select) if select else None,
             "ignore": split_ids(ignore) if ignore else None,
@@ -124,6 +128,7 @@ def check(
         if settings.select or settings.ignore or settings.thresholds or settings.per_layer_ignores:
             validate_settings(settings, known_check_ids(), known_threshold_names())
         _require_writable(settings)
+        _require_plotting(settings)
 
         from diagnose import api  # imports torch: only here, never for --help/list/explain
 
@@ -164,7 +169,8 @@ def known_threshold_names() -> dict[str, tuple[str, ...]]:
 
 def _require_writable(settings: Settings) -> None:
     """Fail before the (possibly long) run when a report could not be written afterwards."""
-    for flag, path in (("--json", settings.json_path), ("--markdown", settings.markdown_path), ("--junit", settings.junit_path)):
+    for flag, path in (("--json", settings.json_path), ("--markdown", settings.markdown_path), ("--junit", settings.junit_path),
+                       ("--html", settings.html_path)):
         if path is None or (flag == "--json" and path == "-"):
             continue
         target = Path(path)
@@ -173,6 +179,19 @@ def _require_writable(settings: Settings) -> None:
         parent = target.parent
         if not parent.is_dir():
             raise DiagnoseError(f"cannot write the {flag} report to {path}: directory {parent} does not exist; create it first")
+    if settings.plot_dir is not None:
+        from diagnose.render.figures import require_writable_directory
+
+        require_writable_directory(Path(settings.plot_dir), "--plot")
+
+
+def _require_plotting(settings: Settings) -> None:
+    """--html and --plot draw with matplotlib (an extra): say how to install it before the run, not after."""
+    for flag, wanted in (("--html", settings.html_path), ("--plot", settings.plot_dir)):
+        if wanted is not None:
+            from diagnose.render.figures import require_matplotlib
+
+            require_matplotlib(flag)
 
 
 def _emit(report: "Report", settings: Settings) -> None:
@@ -190,6 +209,14 @@ def _emit(report: "Report", settings: Settings) -> None:
         _write("--markdown", settings.markdown_path, render_markdown(report))
     if settings.junit_path:
         _write("--junit", settings.junit_path, render_junit(report, fail_on=settings.fail_on))
+    if settings.html_path:
+        from diagnose.render.html import render_html
+
+        _write("--html", settings.html_path, render_html(report))
+    if settings.plot_dir:
+        from diagnose.render.figures import write_figures
+
+        write_figures(report, settings.plot_dir)
 
 
 def _terminal_text(report: "Report", stream: TextIO, render: Callable[..., str], *, verbose: bool = False) -> str:

@@ -62,6 +62,8 @@ class Settings:
     json_path: str | None = None
     markdown_path: str | None = None
     junit_path: str | None = None
+    html_path: str | None = None  # a self-contained HTML report with figures (diagnose[plot])
+    plot_dir: str | None = None  # the report's figures as PNG files (diagnose[plot])
     fail_on: str = "error"
     select: tuple[str, ...] = ()
     ignore: tuple[str, ...] = ()
@@ -96,6 +98,8 @@ _FILE_KEYS: dict[str, str] = {
     "json": "json_path",
     "markdown": "markdown_path",
     "junit": "junit_path",
+    "html": "html_path",
+    "plot": "plot_dir",
     "fail-on": "fail_on",
     "select": "select",
     "ignore": "ignore",
@@ -106,7 +110,8 @@ _FILE_KEYS: dict[str, str] = {
     "per-layer-ignores": "per_layer_ignores",
 }
 # Settings fields that name files: resolved against the pyproject's directory.
-_PATH_FIELDS = ("inputs_path", "targets_path", "weights", "json_path", "markdown_path", "junit_path")
+_PATH_FIELDS = ("inputs_path", "targets_path", "weights", "json_path", "markdown_path", "junit_path", "html_path",
+                "plot_dir")
 _SETTINGS_FIELDS = frozenset(f.name for f in fields(Settings))
 
 
@@ -245,6 +250,8 @@ _FILE_TYPES: dict[str, tuple[type, ...]] = {
     "json_path": (str,),
     "markdown_path": (str,),
     "junit_path": (str,),
+    "html_path": (str,),
+    "plot_dir": (str,),
     "fail_on": (str,),
     "try_fixes": (bool,),
     "verbose": (bool,),
