@@ -13,6 +13,7 @@ from diagnose.severity import Severity
 from diagnose.version import __version__
 
 if TYPE_CHECKING:
+    from diagnose.range_test import LRFindResult
     from diagnose.report import Report
 
 
@@ -27,6 +28,18 @@ def check(model: Any, inputs: Any = None, **options: Any) -> "Report":
     return _check(model, inputs, **options)
 
 
+def lr_find(model: Any, inputs: Any = None, **options: Any) -> "LRFindResult":
+    """The learning-rate range test on a copy of `model`, verified by short runs (`diagnose lr-find`).
+
+    Options: targets, loss, optimizer, lr (the current rate, verified as the baseline), seed, device,
+    batch_size, input_shapes, min_lr, max_lr, steps (the sweep's), verify_steps. The result's
+    `verified.lr` is the best rate the short runs found; `to_dict()` is the command's JSON.
+    """
+    from diagnose.range_test import lr_find as _lr_find
+
+    return _lr_find(model, inputs, **options)
+
+
 __all__ = [
     "DiagnoseError",
     "Finding",
@@ -35,5 +48,6 @@ __all__ = [
     "UnhealthyModel",
     "Verification",
     "check",
+    "lr_find",
     "__version__",
 ]

@@ -25,6 +25,12 @@ def run_check(settings: Settings) -> Report:
     """Everything `diagnose check MODEL` does, from a `Settings`."""
     started = time.perf_counter()
     validate_ids(settings.select, settings.ignore, settings.thresholds, settings.per_layer_ignores)
+    loaded, batch = load_from_settings(settings)
+    return diagnose_loaded(loaded, batch, settings, started=started)
+
+
+def load_from_settings(settings: Settings) -> tuple[LoadedModel, Batch]:
+    """The model and the batch the command line's options name (MODEL, --weights, input options)."""
     device = resolve_device(settings.device)
     progress.stage(f"loading {settings.model}")
     loaded = load_model(
@@ -40,7 +46,7 @@ def run_check(settings: Settings) -> Report:
         seed=settings.seed,
         device=str(device),
     )
-    return diagnose_loaded(loaded, batch, settings, started=started)
+    return loaded, batch
 
 
 def check(
@@ -91,11 +97,32 @@ def check(
         per_layer_ignores={k: tuple(v) for k, v in (per_layer_ignores or {}).items()},
     )
     validate_ids(settings.select, settings.ignore, settings.thresholds, settings.per_layer_ignores)
+    loaded, batch = load_with_batch(
+        model, inputs, targets, weights=weights, trust_pickle=trust_pickle, device=device,
+        input_shapes=settings.input_shapes, batch_size=batch_size, seed=seed,
+    )
+    return diagnose_loaded(loaded, batch, settings, started=started, loss=loss)
+
+
+def load_with_batch(
+    model: nn.Module | str,
+    inputs: Any,
+    targets: Any,
+    *,
+    weights: str | None,
+    trust_pickle: bool,
+    device: str,
+    input_shapes: tuple[tuple[int, ...], ...],
+    batch_size: int | None,
+    seed: int,
+) -> tuple[LoadedModel, Batch]:
+    """The model and the batch of a Python call: `inputs`/`targets` as objects, or (inputs None)
+    the model's own examples or `input_shapes`, with `targets` when given."""
     resolved = resolve_device(device)
     loaded = load_model(model, weights=weights, trust_pickle=trust_pickle, device=str(resolved))
     if inputs is None:
         batch = prepare_batch(
-            loaded, input_shapes=settings.input_shapes, batch_size=batch_size, seed=seed, device=str(resolved)
+            loaded, input_shapes=input_shapes, batch_size=batch_size, seed=seed, device=str(resolved)
         )
         if targets is not None:
             batch = Batch(
@@ -104,7 +131,7 @@ def check(
             )
     else:
         batch = batch_from_objects(inputs, targets, resolved)
-    return diagnose_loaded(loaded, batch, settings, started=started, loss=loss)
+    return loaded, batch
 
 
 def diagnose_loaded(

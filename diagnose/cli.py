@@ -251,6 +251,87 @@ def _write(flag: str, path: str, text: str) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
+# lr-find
+
+
+@app.command("lr-find")
+def lr_find(
+    model: Annotated[str, typer.Argument(metavar="MODEL", help="model.pt2, model.ts.pt, model.pt, pkg.module:build, path/to/file.py:build, or a Hugging Face directory (config.json + model.safetensors)")],
+    input_shape: Annotated[Optional[list[str]], typer.Option("--input-shape", metavar="SHAPE", help="Synthesize a batch of this shape, as for check.")] = None,
+    inputs: Annotated[Optional[str], typer.Option("--inputs", metavar="FILE", help="Real inputs (.pt / .npy / .npz), as for check.")] = None,
+    targets: Annotated[Optional[str], typer.Option("--targets", metavar="FILE", help="Real targets: .pt / .npy / .npz.")] = None,
+    loss: Annotated[Optional[str], typer.Option("--loss", metavar="LOSS", help="auto | cross-entropy | mse | MODULE:FN.")] = None,
+    optimizer: Annotated[Optional[str], typer.Option("--optimizer", metavar="NAME", help="sgd | momentum | nesterov | adagrad | rmsprop | adam | adamw | nadam.")] = None,
+    lr: Annotated[Optional[float], typer.Option("--lr", metavar="X", help="Your current learning rate: verified beside the suggestion as the baseline (default 0.01).")] = None,
+    batch_size: Annotated[Optional[int], typer.Option("--batch-size", metavar="N", help="Batch size for synthesized inputs.")] = None,
+    weights: Annotated[Optional[str], typer.Option("--weights", metavar="FILE", help="A state dict (.pt or .safetensors) for a factory model.")] = None,
+    trust_pickle: Annotated[bool, typer.Option("--trust-pickle", help="Allow loading a whole pickled module (runs the code inside it).")] = False,
+    device: Annotated[Optional[str], typer.Option("--device", metavar="DEVICE", help="auto | cpu | cuda.")] = None,
+    seed: Annotated[Optional[int], typer.Option("--seed", metavar="N", help="Seed for all randomness (default 0).")] = None,
+    min_lr: Annotated[Optional[float], typer.Option("--min", metavar="X", help="The sweep's first learning rate (default 1e-7).")] = None,
+    max_lr: Annotated[Optional[float], typer.Option("--max", metavar="X", help="The sweep's last learning rate (default 10).")] = None,
+    sweep_steps: Annotated[Optional[int], typer.Option("--steps", metavar="N", help="Optimizer steps of the sweep, one per learning rate (default 100).")] = None,
+    verify_steps: Annotated[Optional[int], typer.Option("--verify-steps", metavar="N", help="Steps of each verifying short run (default: check's short run, 20).")] = None,
+    json_path: Annotated[Optional[str], typer.Option("--json", metavar="PATH", help="Write the JSON result here ('-' = stdout; the human report then goes to stderr).")] = None,
+    config: Annotated[Optional[Path], typer.Option("--config", metavar="PATH", help="The pyproject.toml to read [tool.diagnose] from (default: the nearest one upward).")] = None,
+    quiet: Annotated[Optional[bool], typer.Option("--quiet", "-q", help="No progress display (shown on stderr only when it is a terminal).")] = None,
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False,
+) -> None:
+    """Learning-rate range test on a copy: the loss-vs-LR curve, a suggested LR, verified by short runs.
+
+    Exit 0 with a suggestion, 1 when the loss never decreased over the sweep, 2 when it could not run.
+    """
+
+    def work() -> int:
+        if verify_steps is not None and verify_steps < 1:
+            raise DiagnoseError(f"--verify-steps must be 1 or more, not {verify_steps}")
+        flags = {
+            "model": model,
+            "input_shapes": tuple(parse_input_shape(s) for s in input_shape) if input_shape else None,
+            "inputs_path": inputs,
+            "targets_path": targets,
+            "loss": loss,
+            "steps": verify_steps,  # check's short run is what verifies; --steps here is the sweep's
+            "optimizer": optimizer,
+            "lr": lr,
+            "batch_size": batch_size,
+            "weights": weights,
+            "trust_pickle": trust_pickle or None,
+            "device": device,
+            "seed": seed,
+            "quiet": quiet,
+            "debug": debug or None,
+        }
+        settings = validate_settings(build_settings(flags, config))
+        # check's report paths from [tool.diagnose] are not this command's: only --json is written
+        from dataclasses import replace
+
+        _require_writable(replace(settings, json_path=json_path, markdown_path=None, junit_path=None))
+
+        from diagnose import range_test  # imports torch: only here
+        from diagnose.render.lr_find import render_lr_find_json, render_lr_find_text
+
+        with _progress_display(settings):
+            result = range_test.run_lr_find(
+                settings,
+                min_lr=range_test.DEFAULT_MIN_LR if min_lr is None else min_lr,
+                max_lr=range_test.DEFAULT_MAX_LR if max_lr is None else max_lr,
+                sweep_steps=range_test.DEFAULT_SWEEP_STEPS if sweep_steps is None else sweep_steps,
+            )
+        human_stream = sys.stderr if json_path == "-" else sys.stdout
+        human_stream.write(_terminal_text(result, human_stream, render_lr_find_text))
+        human_stream.flush()
+        if json_path == "-":
+            sys.stdout.write(render_lr_find_json(result))
+            sys.stdout.flush()
+        elif json_path:
+            _write("--json", json_path, render_lr_find_json(result))
+        return result.exit_code
+
+    raise typer.Exit(_guarded(work, debug=debug))
+
+
+# ---------------------------------------------------------------------------------------------
 # list / explain
 
 

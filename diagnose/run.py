@@ -143,6 +143,17 @@ def _backward(loss: torch.Tensor) -> None:
         raise DiagnoseError(f"backward failed ({one_line(exc)})") from exc
 
 
+def batch_loss(module: nn.Module, workload: Workload, spec: LossSpec | None = None) -> tuple[torch.Tensor, LossSpec]:
+    """The training loss of `module` on the workload's batch, for runs other than `measure`'s (the
+    LR range test): the loss spec, targets included, is resolved on the first call and passed back in."""
+    return _loss_of(_forward(module, workload.batch), workload, spec)
+
+
+def backward(loss: torch.Tensor) -> None:
+    """`loss.backward()`, with what the user can do about a failure said in one line."""
+    _backward(loss)
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Measurements:
     layers: tuple
