@@ -121,21 +121,43 @@ def clip_snippet(target: FixTarget) -> str:
     ])
 
 
-def _lower_snippet(target: FixTarget) -> str:
-    return f"# was lr={target.lr:g}\n" + optimizer_line(target.optimizer, target.lr / 10)
+# The comment over a rate an LR range test measured (`diagnose lr-find`; --try-fixes runs it).
+_MEASURED = "# {lr:.3g}: the best of short runs around an LR range test on this model (diagnose lr-find)"
 
 
-def _higher_snippet(target: FixTarget) -> str:
+def lower_lr_snippet(target: FixTarget) -> str:
+    if target.proposed_lr is not None:
+        return f"# was lr={target.lr:g}\n{_MEASURED.format(lr=target.proposed_lr)}\n" + optimizer_line(
+            target.optimizer, target.proposed_lr)
+    return f"# was lr={target.lr:g}; `diagnose lr-find` measures the rate to use\n" + optimizer_line(
+        target.optimizer, target.lr / 10)
+
+
+def higher_lr_snippet(target: FixTarget) -> str:
+    if target.proposed_lr is not None:
+        return f"# was lr={target.lr:g}\n{_MEASURED.format(lr=target.proposed_lr)}\n" + optimizer_line(
+            target.optimizer, target.proposed_lr)
     return (
         f"# was lr={target.lr:g}; raise it a decade at a time while the loss still falls smoothly\n"
+        "# (`diagnose lr-find` measures the rate to use)\n"
         + optimizer_line(target.optimizer, target.lr * 10)
     )
 
 
-def _warmup_snippet(target: FixTarget) -> str:
+def warmup_snippet(target: FixTarget) -> str:
+    if target.warmup_steps is not None and target.proposed_lr is not None:
+        why = (
+            f"# at least {target.warmup_steps} steps: the ramp's first step then uses lr "
+            f"{target.lr / target.warmup_steps:.3g},\n"
+            f"# no more than the {target.proposed_lr:.3g} an LR range test found to train from the start\n"
+        )
+        steps = target.warmup_steps
+    else:
+        why, steps = "", 500
     return (
         optimizer_line(target.optimizer, target.lr) + "\n"
-        "warmup_steps = 500\n"
+        + why
+        + f"warmup_steps = {steps}\n"
         "scheduler = torch.optim.lr_scheduler.LambdaLR(\n"
         "    optimizer, lambda step: min(1.0, (step + 1) / warmup_steps)\n"
         ")\n"
@@ -204,14 +226,17 @@ optimizer.step()
 LOWER_LR = Fix(
     id="lower-lr",
     title="Lower the learning rate",
-    summary="lower the learning rate, by about 10x",
+    summary="lower the learning rate, to the rate an LR range test on the model finds",
     rationale=(
         "When the loss jumps up, oscillates or turns into NaN, the steps are overshooting the "
-        "minimum. A learning rate ten times smaller makes each step ten times shorter, usually "
-        "enough to land inside the valley instead of across it."
+        "minimum. A rate below the edge of stability, which an LR range test on the model measures, "
+        "makes the steps short enough to land inside the valley instead of across it."
     ),
     doc="""## What it does
-Divides the learning rate by about 10.
+Lowers the learning rate. Under `--try-fixes` the new rate comes from an LR range test on a copy
+of the model (`diagnose lr-find`, with a 40-step sweep): its suggestion, an estimate of the edge of
+stability that errs low, or the best of its verifying short runs when that is lower still; the fix
+names that rate and is verified at it. Without a run, about 10x lower.
 
 ## Why it works
 Gradient descent moves each weight by lr x gradient. Where the loss surface is steep or curved,
@@ -227,20 +252,22 @@ schedule (`lr-schedule`) or a warm-up (`lr-warmup`) instead.
 optimizer = torch.optim.SGD(model.parameters(), lr=0.001)  # was 0.01
 ```
 """,
-    snippet=_lower_snippet,
+    snippet=lower_lr_snippet,
 )
 
 HIGHER_LR = Fix(
     id="higher-lr",
     title="Raise the learning rate",
-    summary="raise the learning rate when updates are negligible and the loss does not move",
+    summary="raise the learning rate, to the rate an LR range test on the model finds, when updates are negligible",
     rationale=(
         "If every step changes the weights by a vanishing fraction, the network is barely training "
         "and will need orders of magnitude more steps. Raising the learning rate a decade at a time, "
         "until the loss starts to fall clearly but not erratically, finds a useful scale."
     ),
     doc="""## What it does
-Multiplies the learning rate by about 10 (repeat while the loss improves smoothly).
+Raises the learning rate. Under `--try-fixes` the new rate comes from an LR range test on a copy of
+the model (`diagnose lr-find`): the best of the short runs around its suggestion, which the fix
+names and is verified at. Without a run, about 10x higher (repeat while the loss improves smoothly).
 
 ## Why it works
 A healthy step changes a weight by roughly a thousandth of its size. Much less, and the model
@@ -257,7 +284,7 @@ When the loss is already unstable, or when the updates are small because the gra
 optimizer = torch.optim.SGD(model.parameters(), lr=0.1)  # was 0.01
 ```
 """,
-    snippet=_higher_snippet,
+    snippet=higher_lr_snippet,
 )
 
 LR_WARMUP = Fix(
@@ -272,7 +299,11 @@ LR_WARMUP = Fix(
     ),
     doc="""## What it does
 Multiplies the learning rate by a factor that grows linearly from ~0 to 1 over the first
-`warmup_steps` optimizer steps (`torch.optim.lr_scheduler.LambdaLR`).
+`warmup_steps` optimizer steps (`torch.optim.lr_scheduler.LambdaLR`). Under `--try-fixes` the
+length comes from an LR range test on a copy of the model: enough steps that the ramp's first step
+is no larger than the rate the test suggests from the initial weights. When the sweep, itself a
+ramp, already failed below the current rate, the fix says a warm-up alone cannot make that rate
+stable.
 
 ## Why it works
 Early updates come from gradients of an untrained network and, for Adam-like optimizers, from
@@ -288,7 +319,7 @@ When the rate is too high for the whole run, not just the beginning (lower it in
 scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / 500))
 ```
 """,
-    snippet=_warmup_snippet,
+    snippet=warmup_snippet,
 )
 
 LR_SCHEDULE = Fix(
