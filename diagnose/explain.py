@@ -46,7 +46,23 @@ def _render_check(spec: CheckSpec) -> str:
         f"*{_sentence(spec.summary)}*",
         "",
     ]
-    return "\n".join(header) + "\n" + _with_threshold_table(body.strip("\n"), spec) + "\n"
+    body = _with_fix_list(body.strip("\n"), spec)
+    return "\n".join(header) + "\n" + _with_threshold_table(body, spec) + "\n"
+
+
+def _with_fix_list(body: str, spec: CheckSpec) -> str:
+    """End the `## Fixes` section with the fix ids the module declares (`FIXES`), or its `NO_FIX`
+    reason: generated from the code, so the page cannot promise a fix the check never gives."""
+    if spec.no_fix is not None:
+        line = f"No catalog fix applies: {spec.no_fix}."
+    else:
+        listed = ", ".join(f"[`{fix_id}`](../fixes/{fix_id}.md)" for fix_id in spec.fixes)
+        line = f"May recommend, in the order the evidence decides: {listed}."
+    marker = "\n## Options"
+    if "## Fixes" in body and marker in body:
+        head, _, tail = body.partition(marker)
+        return head.rstrip("\n") + "\n\n" + line + "\n" + marker + tail
+    return body
 
 
 def _with_threshold_table(body: str, spec: CheckSpec) -> str:

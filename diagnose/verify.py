@@ -35,17 +35,7 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from diagnose import progress
-from diagnose.checks import run_checks
-from diagnose.checks.bottleneck_layer import bottlenecks
-from diagnose.checks.recurrent_gradient_flow import back_in_time_growth, reach_back
-from diagnose.checks.residual_stream_growth import stream_growth
-from diagnose.checks._signal import (
-    activation_trend,
-    gradient_flow,
-    plain_runs,
-    std_ratio,
-    update_ratios,
-)
+from diagnose.checks import Measure, get, run_checks
 from diagnose.config import Settings
 from diagnose.errors import DiagnoseError, one_line
 from diagnose.evidence import Evidence
@@ -60,13 +50,8 @@ if TYPE_CHECKING:
 # loss within 20 SGD steps (the overfit-one-batch test), enough for the dynamics checks (which need
 # at least 5) to judge a trend; more steps would multiply the cost by the number of fixes tried.
 VERIFY_STEPS = 20
-# A healthy update moves a weight by about a thousandth of its norm per step (Karpathy's rule of
-# thumb, and where the update-ratio checks centre their band).
-HEALTHY_UPDATE_RATIO = 1e-3
 # Effects closer than 0.1 (decades for ratios, share for fractions) rank as equal; the loss decides.
 GAIN_RESOLUTION = 1
-# The loss ratio (final / initial) stands in for checks without a measure of their own.
-LOSS_RATIO = "loss_final_over_initial"
 # "Clearly worse" training, judged on the loss at the end of the short run. A fixed copy may end
 # above the unchanged one by noise: a re-initialised copy starts from another random draw, whose
 # loss at init differs by a few percent (LOSS_NOISE of the starting loss). Beyond that, a fix that
@@ -116,7 +101,7 @@ def verify_findings(
                 progress.stage(f"trying fix {len(outcomes) + 1} of {distinct}: {fix.id}", total=steps + 1)
                 outcomes[fix.id] = _try(fix.id, module, run_workload, layers, baseline)
             results.append(_judge(finding, fix, baseline, outcomes[fix.id], settings))
-        verified.append(finding.with_fixes(_ranked(results)))
+        verified.append(finding.with_fixes(_ranked(results, get(finding.id).metric(finding, baseline))))
     return verified
 
 
@@ -166,13 +151,16 @@ def _judge(
         return replace(fix, verified=None, not_verified=outcome.not_applicable)
     if outcome.snippet is not None:
         fix = replace(fix, snippet=outcome.snippet)  # the value verified is the value proposed
-    metric, before = finding_metric(finding, baseline)
+    spec = get(finding.id)
+    before = spec.metric(finding, baseline)
+    metric = before.name
     loss_before = _final_loss(baseline)
     if outcome.evidence is None:
         return replace(fix, verified=Verification(
-            metric=metric, before=before, after=None, resolved=False, note=outcome.failed, loss_before=loss_before,
+            metric=metric, before=before.value, after=None, resolved=False, note=outcome.failed,
+            loss_before=loss_before,
         ))
-    _, after = finding_metric(finding, outcome.evidence)
+    after = spec.metric(finding, outcome.evidence).value
     still, _ = run_checks(
         outcome.evidence,
         select=(finding.id,),
@@ -183,7 +171,7 @@ def _judge(
     loss_after = _final_loss(outcome.evidence)
     worse = training_worse(_initial_loss(baseline), loss_before, loss_after)
     return replace(fix, verified=Verification(
-        metric=metric, before=before, after=after, resolved=cleared and not worse, note=outcome.change,
+        metric=metric, before=before.value, after=after, resolved=cleared and not worse, note=outcome.change,
         loss_before=loss_before, loss_after=loss_after, loss_worse=worse,
     ))
 
@@ -206,133 +194,6 @@ def training_worse(initial: float | None, loss_before: float | None, loss_after:
     return loss_after > loss_before + tolerance
 
 
-# ---------------------------------------------------------------------------------------------
-# The measure behind each check, computed as the check computes it
-
-
-
-def finding_metric(finding: Finding, evidence: Evidence) -> tuple[str, float | None]:
-    """(metric name, value on `evidence`) for the measure that triggered `finding`.
-
-    Names match the keys the checks put in `Finding.evidence`, so before/after read like the finding.
-    """
-    check_id = finding.id
-    if check_id in ("vanishing-gradients", "exploding-gradients"):
-        if check_id == "exploding-gradients" and "max_gradient_rms" in finding.evidence:
-            return "max_gradient_rms", _max_gradient_rms(evidence)
-        _, norms = gradient_flow(evidence.layers)
-        return "ratio_first_last", norms[0] / norms[-1] if len(norms) >= 2 else None
-    if check_id == "dead-relu":
-        return "max_dead_fraction", _max_fraction(evidence, "dead_fraction", "dead_fraction_last")
-    if check_id == "saturated-activations":
-        return "max_saturated_fraction", _max_fraction(evidence, "saturated_fraction")
-    if check_id == "activation-variance-collapse":
-        return "ratio_last_first", _extreme_trend(evidence, min)
-    if check_id == "activation-variance-explosion":
-        return "ratio_last_first", _extreme_trend(evidence, max)
-    if check_id == "poor-initialization":
-        return "median_std_ratio", _median_std_ratio(evidence)
-    if check_id == "non-finite":
-        return "nonfinite_values", _nonfinite_count(evidence)
-    if check_id == "recurrent-gradient-flow":
-        if "gradient_growth_back_in_time" in finding.evidence:
-            growths = [g[0] for g in map(back_in_time_growth, evidence.recurrent) if g is not None]
-            return "gradient_growth_back_in_time", max(growths) if growths else None
-        return "gradient_ratio_10_back", _recurrent_reach(evidence)
-    if check_id == "residual-stream-growth":
-        growth = stream_growth(evidence.layers)
-        return "fitted_ratio", growth[0] if growth is not None else None
-    if check_id == "bottleneck-layer":
-        # how many times narrower than its narrower neighbour the narrowest chained layer is (1: none)
-        pairs = bottlenecks(evidence.layers, ratio=1.0)
-        return "narrowing", max((min(a.weight.fan_in, b.weight.fan_out) / a.weight.fan_out for a, b in pairs),
-                                default=1.0)
-    if check_id == "no-gradient":
-        return "params_without_gradient", float(sum(len(r.params_without_gradient) for r in evidence.layers))
-    if check_id == "bad-initial-loss":
-        loss = evidence.loss
-        if loss is None or loss.initial is None or not loss.expected_initial:
-            return "relative_gap", None
-        return "relative_gap", abs(loss.initial - loss.expected_initial) / loss.expected_initial
-    if check_id == "unnormalized-inputs":
-        return "input_std", _input_std(evidence, finding.evidence.get("input"))
-    if check_id in ("lr-too-high", "lr-too-low") and "max_update_ratio" in finding.evidence:
-        ratios = [v for _, v in update_ratios(evidence.run_layers)]
-        return "max_update_ratio", max(ratios) if ratios else None
-    return LOSS_RATIO, _loss_ratio(evidence)
-
-
-def badness(metric: str, value: float | None) -> float | None:
-    """How far `value` is from healthy, on a scale where 0 is healthy (None: unknown)."""
-    if value is None:
-        return None
-    if math.isnan(value):
-        return math.inf
-    if metric in ("ratio_first_last", "ratio_last_first", "median_std_ratio", "input_std", "gradient_ratio_10_back",
-                  "fitted_ratio", "narrowing"):
-        return abs(math.log10(value)) if value > 0 else math.inf  # healthy at 1, judged in decades
-    if metric == "max_update_ratio":
-        return abs(math.log10(value / HEALTHY_UPDATE_RATIO)) if value > 0 else math.inf
-    if metric in ("max_gradient_rms", "gradient_growth_back_in_time"):
-        return math.log10(max(value, 1.0))  # healthy at or below 1, judged in decades above
-    return value  # fractions, counts, gaps and loss ratios: lower is better
-
-
-def _max_fraction(evidence: Evidence, field: str, run_field: str | None = None) -> float | None:
-    """The worst share over init and run; 0 when no activation of that kind is left.
-
-    A copy whose ReLUs were swapped for ELU (or whose sigmoids became ReLU) has no unit that can
-    die (or saturate): its fraction is 0 by construction, not unknown.
-    """
-    values = [getattr(r.activation, field) for r in (*evidence.layers, *evidence.run_layers)]
-    if run_field is not None:
-        values += [getattr(r.activation, run_field) for r in evidence.run_layers]
-    values = [v for v in values if v is not None]
-    if values:
-        return max(values)
-    has_activations = any(r.kind == "activation" and r.activation.count for r in evidence.layers)
-    return 0.0 if has_activations else None
-
-
-def _recurrent_reach(evidence: Evidence) -> float | None:
-    """The worst gradient ratio 10 steps back (or the sequence length) over the recurrent modules."""
-    reaches = [reach[0] for reach in map(reach_back, evidence.recurrent) if reach is not None]
-    return min(reaches) if reaches else None
-
-
-def _max_gradient_rms(evidence: Evidence) -> float | None:
-    values = [r.gradient.rms for r in evidence.layers if r.gradient.rms is not None]
-    return max(values) if values else None
-
-
-def _extreme_trend(evidence: Evidence, pick) -> float | None:
-    trends = [activation_trend(run) for run in plain_runs(evidence.layers) if len(run) >= 2]
-    ratios = [t[0] for t in trends if t is not None]
-    return pick(ratios) if ratios else None
-
-
-def _median_std_ratio(evidence: Evidence) -> float | None:
-    ratios = sorted(
-        std_ratio(r) for r in evidence.layers
-        if r.weight is not None and not r.weight.normalized and not r.weight.frozen and std_ratio(r) is not None
-    )
-    return ratios[len(ratios) // 2] if ratios else None
-
-
-def _nonfinite_count(evidence: Evidence) -> float:
-    count = sum(r.activation.nonfinite + r.gradient.nonfinite for r in evidence.layers)
-    if evidence.loss is not None and evidence.loss.initial is not None and not math.isfinite(evidence.loss.initial):
-        count += 1
-    return float(count)
-
-
-def _input_std(evidence: Evidence, name: object) -> float | None:
-    for stats in evidence.inputs:
-        if (name is None or stats.name == name) and stats.std is not None:
-            return stats.std
-    return None
-
-
 def _final_loss(evidence: Evidence) -> float | None:
     loss = evidence.loss
     return None if loss is None else loss.final
@@ -343,26 +204,21 @@ def _initial_loss(evidence: Evidence) -> float | None:
     return None if loss is None else loss.initial
 
 
-def _loss_ratio(evidence: Evidence) -> float | None:
-    loss = evidence.loss
-    if loss is None or loss.initial is None or loss.final is None or loss.initial == 0:
-        return None
-    return loss.final / loss.initial
-
-
 # ---------------------------------------------------------------------------------------------
 # Ordering
 
 
-def _ranked(results: list[FixSuggestion]) -> tuple[FixSuggestion, ...]:
-    """Tried fixes by what they did to training, best first; fixes that could not be tried last, in order."""
+def _ranked(results: list[FixSuggestion], measure: Measure) -> tuple[FixSuggestion, ...]:
+    """Tried fixes by what they did to training, best first; fixes that could not be tried last, in order.
+
+    `measure` is the finding's measure (its scale says how far a value is from healthy)."""
     tried = [(i, fix) for i, fix in enumerate(results) if fix.verified is not None]
     untried = [fix for fix in results if fix.verified is None]
-    tried.sort(key=lambda item: _effect_key(item[1].verified, item[0]))
+    tried.sort(key=lambda item: _effect_key(item[1].verified, measure, item[0]))
     return tuple(fix for _, fix in tried) + tuple(untried)
 
 
-def _effect_key(verification: Verification, position: int) -> tuple:
+def _effect_key(verification: Verification, measure: Measure, position: int) -> tuple:
     """Resolved fixes first, best loss after the run first (once the check is satisfied, the
     training outcome is what tells cures apart); then unresolved ones that left training no worse,
     by how far they moved the triggering measure toward healthy, ties (within GAIN_RESOLUTION)
@@ -373,8 +229,8 @@ def _effect_key(verification: Verification, position: int) -> tuple:
         return (0, 0.0, loss, position)
     if verification.loss_worse or verification.after is None:
         return (2, 0.0, loss, position)
-    before = badness(verification.metric, verification.before)
-    after = badness(verification.metric, verification.after)
+    before = replace(measure, value=verification.before).badness()
+    after = replace(measure, value=verification.after).badness()
     if before is None or after is None or (math.isinf(before) and math.isinf(after)):
         gain = 0.0
     else:

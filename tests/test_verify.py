@@ -11,7 +11,8 @@ from torch import nn
 
 import diagnose
 from diagnose.fixes.apply import apply_fix
-from diagnose.verify import VERIFY_STEPS, badness
+from diagnose.checks import DECADES, Measure
+from diagnose.verify import VERIFY_STEPS
 
 DEPTH, WIDTH, FEATURES, CLASSES, BATCH = 8, 64, 32, 10, 64
 
@@ -88,7 +89,8 @@ def test_fixes_are_ordered_by_verified_effect(sigmoid_case):
     assert fixes[: len(tried)] == tuple(tried)  # fixes that could not be tried come last
     assert fixes[0].verified.resolved
     unresolved = [fix.verified for fix in tried if not fix.verified.resolved]
-    gains = [badness(v.metric, v.before) - badness(v.metric, v.after) for v in unresolved]
+    scale = Measure("ratio_first_last", None, DECADES)  # the vanishing-gradients measure, healthy at 1
+    gains = [replace(scale, value=v.before).badness() - replace(scale, value=v.after).badness() for v in unresolved]
     assert gains == sorted(gains, reverse=True) or max(gains) - min(gains) < 0.1
 
 
@@ -271,7 +273,7 @@ def test_ranking_is_by_what_the_fix_does_to_training():
         fix("useless", after=1e-7, resolved=False, loss_after=1.95),
         fix("broke", after=None, resolved=False),
     ]
-    order = [f.id for f in _ranked(results)]
+    order = [f.id for f in _ranked(results, Measure("ratio_first_last", None, DECADES))]
     assert order == ["cure-fast", "cure-slow", "partial", "useless", "worse-but-silenced", "broke", "untried"]
 
 

@@ -1,4 +1,10 @@
-"""The checks: one pure function per id over `Evidence`, listed in one table, and their runner.
+"""The checks: one module per id, listed in one table, and their runner.
+
+A check module holds everything about its id (ruff's layout): the docstring that is its doc,
+`THRESHOLDS`, `check(evidence, thresholds)`, the fix ids it may recommend (`FIXES`) with the
+judgement that orders them for the evidence (`advise(finding, context)`), and the measure a fix is
+verified by (`metric(finding, evidence)`), or `NO_FIX` saying why no catalog fix applies. Adding a
+check is its module, one line in `CHECKS` and its tests.
 
 Importing this package does not import torch: the checks read plain records only.
 """
@@ -33,7 +39,14 @@ from diagnose.checks import (
     unnormalized_inputs,
     vanishing_gradients,
 )
-from diagnose.checks._model import CheckSpec
+from diagnose.checks._advice import AdviceContext, Choice, root_cause
+from diagnose.checks._model import (
+    DECADES,
+    DECADES_ABOVE,
+    LOWER_IS_BETTER,
+    CheckSpec,
+    Measure,
+)
 from diagnose.errors import DiagnoseError
 from diagnose.findings import Finding
 from diagnose.severity import Severity
@@ -67,6 +80,20 @@ CHECKS: tuple[CheckSpec, ...] = (
     CheckSpec("loss-not-decreasing", loss_not_decreasing, W, "the loss does not go down over the short run", needs_run=True),
     CheckSpec("adagrad-deep-network", adagrad_deep_network, W, "AdaGrad on a deep network: its step size decays toward zero", needs_run=True),
 )
+
+def _incomplete(specs: tuple[CheckSpec, ...]) -> list[str]:
+    """Checks whose module misses a part, or declares a fix the catalog does not have."""
+    from diagnose.fixes import FIXES
+
+    problems = [f"{spec.id} lacks {', '.join(spec.missing())}" for spec in specs if spec.missing()]
+    problems += [
+        f"{spec.id} declares unknown fix {fix_id}" for spec in specs for fix_id in spec.fixes if fix_id not in FIXES
+    ]
+    return problems
+
+
+if _incomplete(CHECKS):  # a check with no advice would silently get no fixes, and be verified on nothing
+    raise RuntimeError("diagnose.checks: " + "; ".join(_incomplete(CHECKS)))
 
 CHECK_IDS: tuple[str, ...] = tuple(spec.id for spec in CHECKS)
 _BY_ID: dict[str, CheckSpec] = {spec.id: spec for spec in CHECKS}
@@ -211,4 +238,7 @@ def _apply_layer_ignores(finding: Finding, ignores: Mapping[str, tuple[str, ...]
     return finding if kept == finding.layers else replace(finding, layers=kept)
 
 
-__all__ = ["CHECKS", "CHECK_IDS", "CheckSpec", "get", "resolve_thresholds", "run_checks", "select_checks", "validate_ids"]
+__all__ = [
+    "CHECKS", "CHECK_IDS", "DECADES", "DECADES_ABOVE", "LOWER_IS_BETTER", "AdviceContext", "CheckSpec", "Choice", "Measure", "get", "resolve_thresholds",
+    "root_cause", "run_checks", "select_checks", "validate_ids",
+]

@@ -11,9 +11,11 @@ from collections.abc import Iterable, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
+from diagnose.checks._model import DECADES, Measure
 from diagnose.severity import Severity
 
 if TYPE_CHECKING:
+    from diagnose.evidence import Evidence
     from diagnose.findings import Finding
     from probes.records import LayerRecord
 
@@ -315,3 +317,45 @@ def relative_loss_change(history: Sequence[float]) -> float | None:
     if len(history) < 2 or not all(math.isfinite(v) for v in history) or history[0] == 0:
         return None
     return (history[0] - min(history[1:])) / abs(history[0])
+
+
+# ---------------------------------------------------------------- measures a fix is verified by
+
+
+def loss_ratio_metric(finding: Finding, evidence: Evidence) -> Measure:
+    """The loss at the end of the short run over the loss at init: the measure of checks that judge
+    the run's loss itself, and of those whose trigger is several conditions with no one number."""
+    loss = evidence.loss
+    if loss is None or loss.initial is None or loss.final is None or loss.initial == 0:
+        return Measure("loss_final_over_initial", None)
+    return Measure("loss_final_over_initial", loss.final / loss.initial)
+
+
+# A healthy update moves a weight by about a thousandth of its norm per step (Karpathy's rule of
+# thumb, and where the update-ratio checks centre their band).
+HEALTHY_UPDATE_RATIO = 1e-3
+
+
+def update_ratio_metric(finding: Finding, evidence: Evidence) -> Measure:
+    """The largest mean update/weight ratio of the run when the finding fired on it (healthy near
+    HEALTHY_UPDATE_RATIO), else the loss ratio."""
+    if "max_update_ratio" not in finding.evidence:
+        return loss_ratio_metric(finding, evidence)
+    ratios = [v for _, v in update_ratios(evidence.run_layers)]
+    return Measure("max_update_ratio", max(ratios) if ratios else None, DECADES, healthy=HEALTHY_UPDATE_RATIO)
+
+
+def max_fraction(evidence: Evidence, field: str, run_field: str | None = None) -> float | None:
+    """The worst share of an activation statistic over init and run; 0 when no activation is left.
+
+    A copy whose ReLUs were swapped for ELU (or whose sigmoids became ReLU) has no unit that can
+    die (or saturate): its fraction is 0 by construction, not unknown.
+    """
+    values = [getattr(r.activation, field) for r in (*evidence.layers, *evidence.run_layers)]
+    if run_field is not None:
+        values += [getattr(r.activation, run_field) for r in evidence.run_layers]
+    values = [v for v in values if v is not None]
+    if values:
+        return max(values)
+    has_activations = any(r.kind == "activation" and r.activation.count for r in evidence.layers)
+    return 0.0 if has_activations else None

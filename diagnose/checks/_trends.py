@@ -2,20 +2,29 @@
 
 Vanishing and exploding gradients read the same gradient-norm trend in opposite directions, as do
 variance collapse and explosion with the activation-std trend; only the direction, the title and
-the verb differ.
+the verb differ. So do their measures for `--try-fixes`, and the variance checks' common advice.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
-from diagnose.checks._signal import activation_trend, fmt_ratio, gradient_flow, log_linear_change, plain_runs
+from diagnose.checks._advice import AdviceContext, Choice, init_choices, target
+from diagnose.checks._model import DECADES, Measure
+from diagnose.checks._signal import (
+    activation_trend,
+    fmt_ratio,
+    gradient_flow,
+    log_linear_change,
+    plain_runs,
+)
 from diagnose.findings import Finding
 from diagnose.severity import Severity
 
 if TYPE_CHECKING:
     from diagnose.evidence import Evidence
+    from probes.records import LayerRecord
 
 
 def gradient_trend_finding(
@@ -93,3 +102,28 @@ def at_or_below(value: float, limit: float) -> bool:
 
 def at_or_above(value: float, limit: float) -> bool:
     return value >= limit
+
+
+def gradient_ratio(evidence: Evidence) -> Measure:
+    """The first/last gradient-norm ratio, as the gradient trend checks compute it (healthy at 1)."""
+    _, norms = gradient_flow(evidence.layers)
+    return Measure("ratio_first_last", norms[0] / norms[-1] if len(norms) >= 2 else None, DECADES)
+
+
+def activation_trend_measure(evidence: Evidence, pick: Callable[[list[float]], float]) -> Measure:
+    """The most extreme (`pick`: min for collapse, max for explosion) last/first std ratio over the
+    plain runs, as the variance trend checks compute it (healthy at 1)."""
+    trends = [activation_trend(run) for run in plain_runs(evidence.layers) if len(run) >= 2]
+    ratios = [t[0] for t in trends if t is not None]
+    return Measure("ratio_last_first", pick(ratios) if ratios else None, DECADES)
+
+
+def variance_trend_advice(run: Sequence[LayerRecord], context: AdviceContext) -> list[Choice]:
+    """The init the run's hidden layers need, and a norm layer when the model has none."""
+    # The hidden layers carry the trend; the output layer's own scheme (Glorot, no activation)
+    # re-scales one layer and measurably leaves the trend as it is.
+    hidden = [r for r in run if r.followed_by and r.followed_by != "none"] or list(run)
+    choices = init_choices(context, hidden)
+    if not context.has_norm:
+        choices.append(Choice("batch-norm", target(context, [r.name for r in run])))
+    return choices

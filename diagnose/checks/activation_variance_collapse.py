@@ -39,7 +39,20 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
-from diagnose.checks._trends import at_or_below, variance_trend_findings
+from diagnose.checks._advice import (
+    VERY_DEEP,
+    AdviceContext,
+    Choice,
+    target,
+    weighted_of,
+)
+from diagnose.checks._model import Measure
+from diagnose.checks._trends import (
+    activation_trend_measure,
+    at_or_below,
+    variance_trend_advice,
+    variance_trend_findings,
+)
 from diagnose.findings import Finding
 
 if TYPE_CHECKING:
@@ -64,3 +77,20 @@ def check(evidence: Evidence, thresholds: Mapping[str, float]) -> list[Finding]:
         evidence, thresholds, check_id=ID, title="Activation variance collapses with depth", verb="falls",
         fires=at_or_below,
     )
+
+
+# The fixes this check may recommend; `advise` orders them for the evidence at hand.
+FIXES = ("he-init", "glorot-init", "lecun-init", "batch-norm", "residual-connections")
+
+
+def advise(finding: Finding, context: AdviceContext) -> list[Choice]:
+    run = weighted_of(context, finding)
+    choices = variance_trend_advice(run, context)
+    if len(run) >= VERY_DEEP:
+        choices.append(Choice("residual-connections", target(context, [r.name for r in run]),
+                              f"The plain run is {len(run)} layers deep."))
+    return choices
+
+
+def metric(finding: Finding, evidence: Evidence) -> Measure:
+    return activation_trend_measure(evidence, min)

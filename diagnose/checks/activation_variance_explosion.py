@@ -37,7 +37,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
-from diagnose.checks._trends import at_or_above, variance_trend_findings
+from diagnose.checks._advice import AdviceContext, Choice, target, weighted_of
+from diagnose.checks._model import Measure
+from diagnose.checks._trends import (
+    activation_trend_measure,
+    at_or_above,
+    variance_trend_advice,
+    variance_trend_findings,
+)
 from diagnose.findings import Finding
 
 if TYPE_CHECKING:
@@ -59,3 +66,17 @@ def check(evidence: Evidence, thresholds: Mapping[str, float]) -> list[Finding]:
         evidence, thresholds, check_id=ID, title="Activation variance explodes with depth", verb="grows",
         fires=at_or_above,
     )
+
+
+# The fixes this check may recommend; `advise` orders them for the evidence at hand.
+FIXES = ("he-init", "glorot-init", "lecun-init", "batch-norm", "gradient-clipping")
+
+
+def advise(finding: Finding, context: AdviceContext) -> list[Choice]:
+    return variance_trend_advice(weighted_of(context, finding), context) + [
+        Choice("gradient-clipping", target(context))
+    ]
+
+
+def metric(finding: Finding, evidence: Evidence) -> Measure:
+    return activation_trend_measure(evidence, max)

@@ -36,7 +36,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
-from diagnose.checks._signal import flow_layers, update_ratios
+from diagnose.checks._advice import AdviceContext, Choice, choose
+from diagnose.checks._signal import flow_layers, loss_ratio_metric, update_ratios
 from diagnose.findings import Finding
 from diagnose.severity import Severity
 
@@ -72,3 +73,15 @@ def check(evidence: Evidence, thresholds: Mapping[str, float]) -> list[Finding]:
         message=f"AdaGrad's effective learning rate only decreases, and this network has {depth} weighted layers{decay}",
         evidence=numbers,
     )]
+
+
+# The fixes this check may recommend; `advise` orders them for the evidence at hand.
+FIXES = ("change-optimizer", "lr-schedule")
+
+
+def advise(finding: Finding, context: AdviceContext) -> list[Choice]:
+    return choose(context, FIXES)
+
+
+# AdaGrad's decaying steps show in the loss the run reaches: a fix is verified on it.
+metric = loss_ratio_metric

@@ -42,6 +42,16 @@ import math
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
+from diagnose.checks._advice import (
+    AdviceContext,
+    Choice,
+    hidden_feeders,
+    init_choices,
+    misscaled,
+    records,
+    target,
+)
+from diagnose.checks._model import Measure
 from diagnose.checks._signal import flow_layers, relaxed_when_trained
 from diagnose.findings import Finding
 from diagnose.severity import Severity
@@ -90,3 +100,28 @@ def check(evidence: Evidence, thresholds: Mapping[str, float]) -> list[Finding]:
             },
         ),
     )]
+
+
+# The fixes this check may recommend; `advise` orders them for the evidence at hand.
+FIXES = ("normalize-inputs", "he-init", "glorot-init", "lecun-init", "fix-bias-init")
+
+
+def advise(finding: Finding, context: AdviceContext) -> list[Choice]:
+    head = list(finding.layers[-1:])
+    choices = []
+    if context.inputs_unscaled:  # the cause, when present: unscaled inputs inflate every logit
+        choices.append(Choice("normalize-inputs", target(context), "The real inputs are not standardised."))
+    large = misscaled(hidden_feeders(context), "large")
+    if large:  # the cause, when present: hidden layers that amplify the signal inflate every logit
+        choices += init_choices(context, large)
+    choices.append(Choice("fix-bias-init", target(context, head, head=True),
+                          f"The output layer {head[0]} starts confidently wrong." if head else ""))
+    choices += init_choices(context, records(context, head))
+    return choices
+
+
+def metric(finding: Finding, evidence: Evidence) -> Measure:
+    loss = evidence.loss
+    if loss is None or loss.initial is None or not loss.expected_initial:
+        return Measure("relative_gap", None)
+    return Measure("relative_gap", abs(loss.initial - loss.expected_initial) / loss.expected_initial)

@@ -39,8 +39,11 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
+from diagnose.checks._advice import AdviceContext, Choice, records, target
+from diagnose.checks._model import DECADES, Measure
 from diagnose.checks._signal import by_index
 from diagnose.findings import Finding
+from diagnose.fixes import Widening
 from diagnose.severity import Severity
 
 if TYPE_CHECKING:
@@ -101,3 +104,25 @@ def check(evidence: Evidence, thresholds: Mapping[str, float]) -> list[Finding]:
             )
         )
     return findings
+
+
+# The fixes this check may recommend; `advise` orders them for the evidence at hand.
+FIXES = ("widen-layer",)
+
+
+def advise(finding: Finding, context: AdviceContext) -> list[Choice]:
+    widths = tuple((r.name, r.weight.fan_out) for r in records(context, finding.layers) if r.weight and r.weight.fan_out)
+    evidence = finding.evidence
+    widening = None
+    if widths and all(isinstance(evidence.get(k), int) for k in ("width_in", "width_out")):
+        widening = Widening(layer=widths[0][0], width=widths[0][1], width_in=evidence["width_in"],
+                            next_layer=str(evidence.get("next_layer") or "the next layer"),
+                            width_out=evidence["width_out"])
+    return [Choice("widen-layer", target(context, finding.layers, widths=widths, widening=widening))]
+
+
+def metric(finding: Finding, evidence: Evidence) -> Measure:
+    # how many times narrower than its narrower neighbour the narrowest chained layer is (1: none)
+    pairs = bottlenecks(evidence.layers, ratio=1.0)
+    narrowing = max((min(a.weight.fan_in, b.weight.fan_out) / a.weight.fan_out for a, b in pairs), default=1.0)
+    return Measure("narrowing", narrowing, DECADES)

@@ -53,7 +53,23 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
-from diagnose.checks._signal import by_index, preceding_weighted, units_dim_samples
+from diagnose.checks._advice import (
+    AdviceContext,
+    Choice,
+    bias_dominates,
+    init_choices,
+    misscaled,
+    names,
+    records,
+    target,
+)
+from diagnose.checks._model import Measure
+from diagnose.checks._signal import (
+    by_index,
+    max_fraction,
+    preceding_weighted,
+    units_dim_samples,
+)
 from diagnose.findings import Finding
 from diagnose.severity import Severity
 
@@ -149,3 +165,37 @@ def check(evidence: Evidence, thresholds: Mapping[str, float]) -> list[Finding]:
             },
         )
     ]
+
+
+# The fixes this check may recommend; `advise` orders them for the evidence at hand.
+FIXES = ("he-init", "glorot-init", "lecun-init", "fix-bias-init", "lower-lr", "leaky-relu", "elu")
+
+
+def advise(finding: Finding, context: AdviceContext) -> list[Choice]:
+    dead = [r for r in records(context, finding.layers) if r.kind == "activation"]
+    feeders = [f for f in (preceding_weighted(context.layers, r) for r in dead) if f is not None]
+    negative = [f for f in feeders if bias_dominates(f, negative_only=True)]
+    during_run = bool(finding.evidence.get("died_during_run"))
+    choices: list[Choice] = []
+    large = misscaled(feeders, "large")
+    if large and during_run:
+        # Units knocked out in the run by an oversized init: the first steps are huge whatever the
+        # rate (a lower one measurably still diverges); the init's scale is the cause.
+        choices += init_choices(context, large)
+    if negative:
+        mean = negative[0].weight.bias_mean
+        choices.append(Choice("fix-bias-init", target(context, [f.name for f in negative]),
+                              f"{names(negative)} have biases around {mean:.3g}, below the spread of their outputs."))
+    if during_run:
+        choices.append(Choice("lower-lr", target(context), "Units died during the short run, not at initialisation."))
+    modules = [r.name for r in dead]
+    choices.append(Choice("leaky-relu", target(context, modules, activation="relu")))
+    choices.append(Choice("elu", target(context, modules, activation="relu")))
+    # Re-initialising only helps layers whose scale is off; at the right scale it changes nothing.
+    choices += init_choices(context, misscaled(feeders, "small") + misscaled(feeders, "large"))
+    choices.append(Choice("lower-lr", target(context)))
+    return choices
+
+
+def metric(finding: Finding, evidence: Evidence) -> Measure:
+    return Measure("max_dead_fraction", max_fraction(evidence, "dead_fraction", "dead_fraction_last"))

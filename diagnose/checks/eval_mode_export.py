@@ -83,3 +83,8 @@ def check(evidence: Evidence, thresholds: Mapping[str, float]) -> list[Finding]:
         ),
         evidence={"frozen_batch_norm_ops": frozen},
     )]
+
+
+# The archive must be exported again from the model in train mode: no catalog fix applies to it;
+# the finding's message says how.
+NO_FIX = "re-export in train mode: the message says how"

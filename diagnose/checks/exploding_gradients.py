@@ -57,8 +57,17 @@ import math
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
+from diagnose.checks._advice import (
+    AdviceContext,
+    Choice,
+    hidden_feeders,
+    init_choices,
+    misscaled,
+    target,
+)
+from diagnose.checks._model import DECADES_ABOVE, Measure
 from diagnose.checks._signal import flow_layers, relaxed_when_trained
-from diagnose.checks._trends import at_or_above, gradient_trend_finding
+from diagnose.checks._trends import at_or_above, gradient_ratio, gradient_trend_finding
 from diagnose.findings import Finding
 from diagnose.severity import Severity
 
@@ -101,3 +110,37 @@ def check(evidence: Evidence, thresholds: Mapping[str, float]) -> list[Finding]:
             evidence={"max_gradient_rms": worst.gradient.rms},
         )
     ]
+
+
+# The fixes this check may recommend; `advise` orders them for the evidence at hand.
+FIXES = ("he-init", "glorot-init", "lecun-init", "batch-norm", "gradient-clipping", "lower-lr")
+
+
+def advise(finding: Finding, context: AdviceContext) -> list[Choice]:
+    hidden = hidden_feeders(context) or list(context.weighted)
+    large = misscaled(hidden, "large")
+    clip = Choice("gradient-clipping", target(context),
+                  "Recurrent layers repeat the same weights at every time step, so gradients compound."
+                  if context.has_recurrent else "")
+    lower = Choice("lower-lr", target(context))
+    norm = Choice("batch-norm", target(context, [r.name for r in hidden]))
+    if context.has_recurrent:
+        return [clip, lower] + init_choices(context, large)
+    if large:
+        # The init is the cause: re-scaling it, or a norm layer that resets the scale, cures it;
+        # clipping and a lower rate only bound the steps of a network that still explodes at init.
+        choices = init_choices(context, large)
+        if not context.has_norm:
+            choices.append(norm)
+        return choices + [clip, lower]
+    choices = [clip, lower] + init_choices(context, hidden)
+    if not context.has_norm:
+        choices.append(norm)
+    return choices
+
+
+def metric(finding: Finding, evidence: Evidence) -> Measure:
+    if "max_gradient_rms" in finding.evidence:  # fired on the size of the gradient, not its trend
+        values = [r.gradient.rms for r in evidence.layers if r.gradient.rms is not None]
+        return Measure("max_gradient_rms", max(values) if values else None, DECADES_ABOVE)
+    return gradient_ratio(evidence)

@@ -41,7 +41,18 @@ import math
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
-from diagnose.checks._signal import relative_loss_change, update_ratios
+from diagnose.checks._advice import (
+    STRUCTURAL_CAUSES,
+    AdviceContext,
+    Choice,
+    choose,
+    target,
+)
+from diagnose.checks._signal import (
+    loss_ratio_metric,
+    relative_loss_change,
+    update_ratios,
+)
 from diagnose.findings import Finding
 from diagnose.severity import Severity
 
@@ -86,3 +97,37 @@ def check(evidence: Evidence, thresholds: Mapping[str, float]) -> list[Finding]:
         evidence={"initial_loss": history[0], "final_loss": history[-1], "decrease": change,
                   "max_update_ratio": largest, "lr": run.lr, "optimizer": run.optimizer, "steps": run.steps},
     )]
+
+
+# The fixes this check may recommend; `advise` orders them for the evidence at hand.
+FIXES = ("higher-lr", "lower-lr", "change-optimizer", "lr-schedule", "normalize-inputs")
+# A stalled loss says little of its own when the network is already broken in a way that stops
+# learning: the structural error is the cause, named on the finding.
+ROOT_CAUSES = STRUCTURAL_CAUSES
+# Mean update/weight ratios below this during the run mean the steps are too small to matter...
+SMALL_UPDATE = 1e-3
+# ... and above this they are large enough to be the problem.
+LARGE_UPDATE = 1e-1
+
+
+def advise(finding: Finding, context: AdviceContext) -> list[Choice]:
+    update = finding.evidence.get("max_update_ratio")
+    choices: list[Choice] = []
+    if isinstance(update, float) and update < SMALL_UPDATE:
+        choices.append(Choice("higher-lr", target(context), f"Weights moved at most {update:.1e} of their norm per step."))
+    elif isinstance(update, float) and update > LARGE_UPDATE:
+        choices.append(Choice("lower-lr", target(context), f"Weights moved up to {update:.2g} of their norm per step."))
+    elif isinstance(update, float) and context.optimizer == "sgd":
+        # Healthy-sized steps that do not lower the loss: plain SGD zig-zagging across a ravine,
+        # the case momentum was made for (a rate change would not help: the steps are not too small).
+        choices.append(Choice("change-optimizer", target(context),
+                              f"Weights move {update:.1e} of their norm per step, a healthy size, yet the loss "
+                              "barely moves: plain SGD zig-zags across a ravine instead of following it."))
+    choices += choose(context, ("change-optimizer", "lr-schedule"))
+    if context.inputs_unscaled:
+        choices.append(Choice("normalize-inputs", target(context), "The real inputs are not standardised."))
+    return choices
+
+
+# The loss itself is what this check judges.
+metric = loss_ratio_metric

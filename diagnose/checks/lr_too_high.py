@@ -52,7 +52,14 @@ import math
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
-from diagnose.checks._signal import relaxed_when_trained, std_ratio, update_ratios
+from diagnose.checks._advice import AdviceContext, Choice, choose
+from diagnose.checks._model import Measure
+from diagnose.checks._signal import (
+    relaxed_when_trained,
+    std_ratio,
+    update_ratio_metric,
+    update_ratios,
+)
 from diagnose.findings import Finding
 from diagnose.severity import Severity
 
@@ -136,3 +143,21 @@ def against_scheme_scale(ratio: float, initial) -> float:
 
 def _scale_invariant(record) -> bool:
     return record.weight is not None and record.weight.normalized
+
+
+# The fixes this check may recommend; `advise` orders them for the evidence at hand.
+FIXES = ("lower-lr", "lr-warmup", "gradient-clipping", "lr-schedule")
+# A diverging loss is the learning rate's fault unless the network already blows up at init: with
+# one of these errors present, the finding names it as the likely cause, to fix first.
+ROOT_CAUSES = (
+    "non-finite", "output-loss-mismatch", "residual-stream-growth", "exploding-gradients",
+    "activation-variance-explosion", "poor-initialization",
+)
+
+
+def advise(finding: Finding, context: AdviceContext) -> list[Choice]:
+    return choose(context, FIXES)
+
+
+def metric(finding: Finding, evidence: Evidence) -> Measure:
+    return update_ratio_metric(finding, evidence)

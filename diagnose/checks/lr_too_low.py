@@ -38,7 +38,19 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
-from diagnose.checks._signal import relative_loss_change, update_ratios
+from diagnose.checks._advice import (
+    STRUCTURAL_CAUSES,
+    AdviceContext,
+    Choice,
+    choose,
+    target,
+)
+from diagnose.checks._model import Measure
+from diagnose.checks._signal import (
+    relative_loss_change,
+    update_ratio_metric,
+    update_ratios,
+)
 from diagnose.findings import Finding
 from diagnose.severity import Severity
 
@@ -81,3 +93,21 @@ def check(evidence: Evidence, thresholds: Mapping[str, float]) -> list[Finding]:
         evidence={"max_update_ratio": largest, "loss_change": change, "lr": run.lr,
                   "optimizer": run.optimizer, "steps": run.steps},
     )]
+
+
+# The fixes this check may recommend; `advise` orders them for the evidence at hand.
+FIXES = ("higher-lr", "lr-schedule", "change-optimizer")
+# Tiny updates say little of their own when the network is already broken in a way that stops
+# learning: the structural error is the cause, named on the finding.
+ROOT_CAUSES = STRUCTURAL_CAUSES
+
+
+def advise(finding: Finding, context: AdviceContext) -> list[Choice]:
+    choices = choose(context, ("higher-lr", "lr-schedule"))
+    if context.optimizer in ("sgd", "adagrad"):
+        choices.append(Choice("change-optimizer", target(context), f"{context.optimizer} does not adapt its step size."))
+    return choices
+
+
+def metric(finding: Finding, evidence: Evidence) -> Measure:
+    return update_ratio_metric(finding, evidence)

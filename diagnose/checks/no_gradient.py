@@ -50,6 +50,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
+from diagnose.checks._model import Measure
 from diagnose.checks._signal import by_index, trained_normally, zero_weight_layers
 from diagnose.findings import Finding
 from diagnose.severity import Severity
@@ -171,3 +172,12 @@ def _listing(names: list[str], shown: int = 3) -> str:
     if len(names) <= shown:
         return ", ".join(names)
     return f"{', '.join(names[:shown])} and {len(names) - shown} more"
+
+
+# A wiring bug (a branch not connected to the loss, a detach, frozen parameters by mistake): no
+# catalog fix applies; the finding's message names the parameters and what to look for.
+NO_FIX = "a wiring bug: the message names the parameters and what to look for"
+
+
+def metric(finding: Finding, evidence: Evidence) -> Measure:
+    return Measure("params_without_gradient", float(sum(len(r.params_without_gradient) for r in evidence.layers)))

@@ -39,6 +39,17 @@ import math
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
+from diagnose.checks._advice import (
+    AdviceContext,
+    Choice,
+    hidden_feeders,
+    init_choices,
+    misscaled,
+    names,
+    records,
+    target,
+)
+from diagnose.checks._model import Measure
 from diagnose.checks._signal import by_index
 from diagnose.findings import Finding
 from diagnose.severity import Severity
@@ -96,3 +107,29 @@ def check(evidence: Evidence, thresholds: Mapping[str, float]) -> list[Finding]:
             },
         )
     ]
+
+
+# The fixes this check may recommend; `advise` orders them for the evidence at hand.
+FIXES = ("normalize-inputs", "he-init", "glorot-init", "lecun-init", "gradient-clipping")
+
+
+def advise(finding: Finding, context: AdviceContext) -> list[Choice]:
+    source = str(finding.evidence.get("first_source", ""))
+    choices: list[Choice] = []
+    if source.startswith("input"):
+        choices.append(Choice("normalize-inputs", target(context, nonfinite_inputs=True),
+                              f"The non-finite values come from the {source}."))
+    bad_weights = [r for r in records(context, finding.layers) if r.weight is not None and not math.isfinite(r.weight.std)]
+    if bad_weights:
+        choices += init_choices(context, bad_weights, why=f"The weights of {names(bad_weights)} hold NaN/Inf: re-initialise them.")
+    if source.startswith("outputs"):
+        choices += init_choices(context, misscaled(hidden_feeders(context), "large"))
+        choices.append(Choice("gradient-clipping", target(context)))
+    return choices
+
+
+def metric(finding: Finding, evidence: Evidence) -> Measure:
+    count = sum(r.activation.nonfinite + r.gradient.nonfinite for r in evidence.layers)
+    if evidence.loss is not None and evidence.loss.initial is not None and not math.isfinite(evidence.loss.initial):
+        count += 1
+    return Measure("nonfinite_values", float(count))

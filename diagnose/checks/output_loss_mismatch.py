@@ -141,3 +141,8 @@ def _bounded(kind: str, title: str, what: str, floor: float, numbers: dict, outp
                  "from forward"),
         evidence={**numbers, "squash": kind, "loss_floor": floor, "row_sum_error": output.row_sum_error},
     )
+
+
+# A line of forward to delete (the output activation before a loss that applies its own): no
+# catalog fix applies; the finding's message says which.
+NO_FIX = "a line of forward to delete: the message says which"

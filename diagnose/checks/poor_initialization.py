@@ -61,8 +61,22 @@ import math
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
+from diagnose.checks import vanishing_gradients
+from diagnose.checks._advice import (
+    AdviceContext,
+    Choice,
+    dominant_activation,
+    hidden_activations,
+    init_choices,
+    names,
+    records,
+    target,
+    weighted_of,
+)
+from diagnose.checks._model import DECADES, Measure
 from diagnose.checks._signal import (
     INIT_TOLERANCE,
+    SATURATING,
     activation_trend,
     by_index,
     fmt_ratio,
@@ -289,3 +303,42 @@ def _observed_effect(
         if saturated and max(saturated) >= thresholds["saturated_fraction"]:
             return "saturated_fraction", max(saturated), f"up to {max(saturated):.0%} of their activations are saturated"
     return None
+
+
+# The fixes this check may recommend; `advise` orders them for the evidence at hand.
+FIXES = ("lecun-init", "he-init", "glorot-init", "relu")
+
+
+def advise(finding: Finding, context: AdviceContext) -> list[Choice]:
+    if finding.evidence.get("scheme") == "lecun" and finding.evidence.get("median_gain"):
+        # Layers reading a norm layer's output: the variance-preserving scale is 1/sqrt(fan_in)
+        # whatever follows (transformer recipes use about that or less: N(0, 0.02)).
+        layers = list(finding.layers)
+        gain = finding.evidence["median_gain"]
+        return [Choice(
+            "lecun-init", target(context, layers),
+            f"{names(records(context, layers))} read normalised features and amplify them ~{gain:.2g}x; "
+            "std 1/sqrt(fan_in) keeps their output at the scale of their input (GPT-2 and BERT use 0.02).",
+        )]
+    chosen = weighted_of(context, finding)
+    choices = init_choices(context, chosen)
+    activation = dominant_activation(context, chosen)
+    effect = finding.evidence.get("effect_value")
+    if (activation in SATURATING and finding.evidence.get("effect") == "gradient_ratio_first_last"
+            and isinstance(effect, float) and effect < vanishing_gradients.RATIO):
+        # At the Glorot scale a deep sigmoid/tanh stack still shrinks the gradient by the
+        # activation's slope at every layer (measured: the ratio stays orders of magnitude low), so
+        # the scale alone does not make it train: ReLU with He init fixes the scale and the slope.
+        acts = hidden_activations(context, [activation])
+        choices.insert(0, Choice("relu", target(context, [r.name for r in acts], activation=activation),
+                                 f"The gradient falls {effect:.1e}x through {activation} layers; the right "
+                                 f"scale for {activation} does not change its slope."))
+    return choices
+
+
+def metric(finding: Finding, evidence: Evidence) -> Measure:
+    ratios = sorted(
+        std_ratio(r) for r in evidence.layers
+        if r.weight is not None and not r.weight.normalized and not r.weight.frozen and std_ratio(r) is not None
+    )
+    return Measure("median_std_ratio", ratios[len(ratios) // 2] if ratios else None, DECADES)

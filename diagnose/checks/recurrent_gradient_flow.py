@@ -44,7 +44,7 @@ step's, against ~3e-3 for the default init.
 
 ## Fixes
 `fix-bias-init`: set the LSTM forget-gate bias to +1 (b_ih[h:2h] = 1, b_hh[h:2h] = 0); for a GRU or
-plain RNN, `gradient-clipping` with a `lr-schedule` is the usual companion, and an LSTM/GRU in place
+plain RNN, `gradient-clipping` (a decaying learning rate is its usual companion), and an LSTM/GRU in place
 of a plain RNN for long dependencies. When the gradient grows back in time, `glorot-init` first:
 Glorot input weights and orthogonal recurrent weights (Keras' default for recurrent layers), whose
 gain of 1 removes the cause; then `gradient-clipping` and `lower-lr`, which only bound the steps.
@@ -65,6 +65,8 @@ import math
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
+from diagnose.checks._advice import AdviceContext, Choice, target
+from diagnose.checks._model import DECADES, DECADES_ABOVE, Measure
 from diagnose.checks._signal import run_outcome
 from diagnose.findings import Finding
 from diagnose.severity import Severity
@@ -180,3 +182,39 @@ def _exploding(evidence: Evidence, flow: RecurrentFlow, growth: float, back: int
             "type": flow.type,
         },
     )
+
+
+# The fixes this check may recommend; `advise` orders them for the evidence at hand.
+FIXES = ("glorot-init", "fix-bias-init", "gradient-clipping", "lower-lr")
+
+
+def advise(finding: Finding, context: AdviceContext) -> list[Choice]:
+    growth = finding.evidence.get("gradient_growth_back_in_time")
+    if isinstance(growth, float):
+        # The recurrent matrix's gain above 1 is the cause: an orthogonal one has gain 1 and cures it
+        # (measured on the corpus's chaotic RNN); clipping and a lower rate only bound the steps.
+        return [
+            Choice("glorot-init", target(context, finding.layers, recurrent_weights=True),
+                   f"The gradient grows {growth:.3g}x back through the sequence: the recurrent weights amplify "
+                   "at every step."),
+            Choice("gradient-clipping", target(context),
+                   f"The gradient grows {growth:.3g}x back through the sequence: clipping bounds each update."),
+            Choice("lower-lr", target(context)),
+        ]
+    choices = []
+    bias = finding.evidence.get("forget_bias")
+    if finding.evidence.get("type") == "LSTM":
+        why = (f"The forget-gate bias is {bias:.3g}: the cell state is multiplied by ~sigmoid({bias:.3g}) at every step."
+               if isinstance(bias, float) else "An LSTM remembers by default with a forget-gate bias of +1.")
+        choices.append(Choice("fix-bias-init", target(context, finding.layers, forget_gate=True), why))
+    choices.append(Choice("gradient-clipping", target(context)))
+    return choices
+
+
+def metric(finding: Finding, evidence: Evidence) -> Measure:
+    if "gradient_growth_back_in_time" in finding.evidence:
+        growths = [g[0] for g in map(back_in_time_growth, evidence.recurrent) if g is not None]
+        return Measure("gradient_growth_back_in_time", max(growths) if growths else None, DECADES_ABOVE)
+    # the worst gradient ratio 10 steps back (or the sequence length) over the recurrent modules
+    reaches = [reach[0] for reach in map(reach_back, evidence.recurrent) if reach is not None]
+    return Measure("gradient_ratio_10_back", min(reaches) if reaches else None, DECADES)

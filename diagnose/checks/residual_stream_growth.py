@@ -41,7 +41,7 @@ torchvision's `resnet50(norm_layer=lambda c: nn.Identity())`: conv outputs grow 
 along the 16 blocks.
 
 ## Fixes
-`batch-norm` (normalise each branch), `residual-connections` is not the answer here (they are the
+`batch-norm` (normalise each branch); more skip connections are not the answer here (they are the
 cause); start each branch at zero instead (`zero_init_residual=True` in torchvision, Fixup/SkipInit:
 a scalar gain initialised to 0 on each branch); `gradient-clipping` only as a stopgap.
 
@@ -63,8 +63,16 @@ import statistics
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
+from diagnose.checks._advice import AdviceContext, Choice, target
+from diagnose.checks._model import DECADES, Measure
 from diagnose.checks._signal import (
-    STACK_KINDS, by_index, fmt_ratio, is_finite_positive, log_linear_change, plain_runs, run_outcome,
+    STACK_KINDS,
+    by_index,
+    fmt_ratio,
+    is_finite_positive,
+    log_linear_change,
+    plain_runs,
+    run_outcome,
 )
 from diagnose.findings import Finding
 from diagnose.severity import Severity
@@ -144,3 +152,22 @@ def check(evidence: Evidence, thresholds: Mapping[str, float]) -> list[Finding]:
             "log10_growth_per_layer": math.log10(fitted) / max(1, len(chosen) - 1),
         },
     )]
+
+
+# The fixes this check may recommend; `advise` orders them for the evidence at hand.
+FIXES = ("batch-norm", "gradient-clipping")
+
+
+def advise(finding: Finding, context: AdviceContext) -> list[Choice]:
+    return [
+        Choice("batch-norm", target(context, list(finding.layers)),
+               "Each residual branch adds its variance to the stream and nothing resets it; a norm layer after "
+               "each conv (or a zero-initialised gain on each branch, as in Fixup and SkipInit) keeps the "
+               "stream at the scale of its input."),
+        Choice("gradient-clipping", target(context), "A stopgap while the growth is there: it bounds the first steps."),
+    ]
+
+
+def metric(finding: Finding, evidence: Evidence) -> Measure:
+    growth = stream_growth(evidence.layers)
+    return Measure("fitted_ratio", growth[0] if growth is not None else None, DECADES)

@@ -49,7 +49,20 @@ import math
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
-from diagnose.checks._signal import by_index, owner_is_activation
+from diagnose.checks._advice import (
+    AdviceContext,
+    Choice,
+    bias_dominates,
+    dominant_activation,
+    init_choices,
+    misscaled,
+    names,
+    records,
+    target,
+    weighted_of,
+)
+from diagnose.checks._model import Measure
+from diagnose.checks._signal import by_index, max_fraction, owner_is_activation
 from diagnose.findings import Finding
 from diagnose.severity import Severity
 
@@ -123,3 +136,34 @@ def check(evidence: Evidence, thresholds: Mapping[str, float]) -> list[Finding]:
             },
         )
     ]
+
+
+# The fixes this check may recommend; `advise` orders them for the evidence at hand.
+FIXES = ("he-init", "glorot-init", "lecun-init", "fix-bias-init", "normalize-inputs", "relu", "batch-norm")
+
+
+def advise(finding: Finding, context: AdviceContext) -> list[Choice]:
+    acts = [r for r in records(context, finding.layers) if r.kind == "activation"]
+    feeders = weighted_of(context, finding)
+    activation = str(finding.evidence.get("activation") or dominant_activation(context, feeders) or "tanh")
+    large = misscaled(feeders, "large")
+    biased = [f for f in feeders if bias_dominates(f)]
+    choices: list[Choice] = []
+    if large:
+        choices += init_choices(context, large)
+    if biased:
+        choices.append(Choice("fix-bias-init", target(context, [f.name for f in biased]),
+                              f"The biases of {names(biased)} are large next to their outputs' spread."))
+    if context.inputs_unscaled:
+        choices.append(Choice("normalize-inputs", target(context), "The real inputs are not standardised."))
+    if not context.has_recurrent:
+        choices.append(Choice("relu", target(context, [r.name for r in acts], activation=activation)))
+    if not context.has_norm and not context.has_recurrent:
+        choices.append(Choice("batch-norm", target(context, [f.name for f in feeders])))
+    if not large:
+        choices += init_choices(context, feeders)
+    return choices
+
+
+def metric(finding: Finding, evidence: Evidence) -> Measure:
+    return Measure("max_saturated_fraction", max_fraction(evidence, "saturated_fraction"))

@@ -41,7 +41,13 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from diagnose.checks import unnormalized_inputs
-from diagnose.checks._signal import INIT_TOLERANCE, by_index, std_ratio
+from diagnose.checks._advice import AdviceContext, Choice, misscaled, target
+from diagnose.checks._signal import (
+    INIT_TOLERANCE,
+    by_index,
+    loss_ratio_metric,
+    std_ratio,
+)
 from diagnose.findings import Finding
 from diagnose.severity import Severity
 
@@ -122,3 +128,27 @@ def check(evidence: Evidence, thresholds: Mapping[str, float]) -> list[Finding]:
             evidence=numbers,
         )
     ]
+
+
+# The fixes this check may recommend; `advise` orders them for the evidence at hand.
+FIXES = ("lecun-init", "selu", "normalize-inputs")
+
+
+def advise(finding: Finding, context: AdviceContext) -> list[Choice]:
+    evidence = finding.evidence
+    choices: list[Choice] = []
+    if evidence.get("not_lecun_layers"):
+        feeders = [r for r in context.layers if r.weight is not None and r.followed_by == "selu"]
+        off = misscaled(feeders, "small") + misscaled(feeders, "large")
+        choices.append(Choice("lecun-init", target(context, [r.name for r in off or feeders], activation="selu"),
+                              "The layers feeding SELU are not LeCun-normal."))
+    if evidence.get("norm_layers") or evidence.get("dropout_layers") or evidence.get("recurrent_layers"):
+        choices.append(Choice("selu", target(context), "Self-normalisation needs a plain dense stack with AlphaDropout only."))
+    if "input_std" in evidence:
+        choices.append(Choice("normalize-inputs", target(context), "SELU's fixed point assumes standardised inputs."))
+    return choices
+
+
+# The check fires on any of several independent conditions (init, structure, inputs) with no one
+# number between them: a fix is verified on the short-run loss ratio.
+metric = loss_ratio_metric

@@ -38,6 +38,8 @@ import math
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
+from diagnose.checks._advice import AdviceContext, Choice, target
+from diagnose.checks._model import DECADES, Measure
 from diagnose.findings import Finding
 from diagnose.severity import Severity
 
@@ -98,3 +100,23 @@ def check(evidence: Evidence, thresholds: Mapping[str, float]) -> list[Finding]:
             },
         )
     ]
+
+
+# The fixes this check may recommend; `advise` orders them for the evidence at hand.
+FIXES = ("normalize-inputs", "batch-norm")
+
+
+def advise(finding: Finding, context: AdviceContext) -> list[Choice]:
+    choices = [Choice("normalize-inputs", target(context))]
+    if not context.has_norm:
+        first = [r.name for r in context.weighted[:1]]
+        choices.append(Choice("batch-norm", target(context, first), "If the inputs cannot be changed, normalise inside the model."))
+    return choices
+
+
+def metric(finding: Finding, evidence: Evidence) -> Measure:
+    name = finding.evidence.get("input")
+    for stats in evidence.inputs:
+        if (name is None or stats.name == name) and stats.std is not None:
+            return Measure("input_std", stats.std, DECADES)
+    return Measure("input_std", None, DECADES)

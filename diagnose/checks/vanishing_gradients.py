@@ -49,7 +49,20 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
-from diagnose.checks._trends import at_or_below, gradient_trend_finding
+from diagnose.checks._advice import (
+    VERY_DEEP,
+    AdviceContext,
+    Choice,
+    dominant_activation,
+    hidden_activations,
+    hidden_feeders,
+    init_choices,
+    misscaled,
+    target,
+)
+from diagnose.checks._model import Measure
+from diagnose.checks._signal import RELU_LIKE, SATURATING
+from diagnose.checks._trends import at_or_below, gradient_ratio, gradient_trend_finding
 from diagnose.findings import Finding
 
 if TYPE_CHECKING:
@@ -73,3 +86,46 @@ def check(evidence: Evidence, thresholds: Mapping[str, float]) -> list[Finding]:
         fires=at_or_below,
     )
     return [finding] if finding is not None else []
+
+
+# The fixes this check may recommend; `advise` orders them for the evidence at hand.
+FIXES = ("selu", "relu", "he-init", "glorot-init", "lecun-init", "batch-norm", "residual-connections")
+
+
+def advise(finding: Finding, context: AdviceContext) -> list[Choice]:
+    hidden = hidden_feeders(context) or list(context.weighted)
+    activation = dominant_activation(context, hidden)
+    choices: list[Choice] = []
+    small = misscaled(hidden, "small")
+    if activation in SATURATING:
+        # The cause is the activation's slope (at most 1/4 for sigmoid), compounding layer after
+        # layer: activations whose slope is 1 fix it, SELU first in a plain dense stack (made for
+        # one: it also keeps the scale), then ReLU; a norm layer resets the scale. Re-scaling the
+        # weights for the sigmoid (Glorot) leaves the slope as it is: measured, it does not cure
+        # it, so it comes last.
+        acts = hidden_activations(context, [activation])
+        relu = Choice("relu", target(context, [r.name for r in acts], activation=activation),
+                      f"The hidden layers use {activation} ({len(acts)} calls per forward).")
+        if context.plain_dense:
+            choices.append(Choice("selu", target(context),
+                                  f"This is a plain stack of dense layers with {activation} between them."))
+        choices.append(relu)
+    elif activation == "selu":
+        choices += init_choices(context, hidden)
+    else:
+        choices += init_choices(context, small)
+    if not context.has_norm and not context.has_recurrent:
+        choices.append(Choice("batch-norm", target(context, [r.name for r in hidden]),
+                              "No normalisation layer resets the scale between these layers."))
+    if activation in SATURATING and small:
+        choices += init_choices(context, small)
+    if context.depth >= VERY_DEEP:
+        choices.append(Choice("residual-connections", target(context, [r.name for r in hidden]),
+                              f"The stack has {context.depth} weighted layers and no skip path."))
+    if activation in RELU_LIKE and not small:
+        choices += init_choices(context, hidden)
+    return choices
+
+
+def metric(finding: Finding, evidence: Evidence) -> Measure:
+    return gradient_ratio(evidence)

@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from types import MappingProxyType
 
 from diagnose.fixes import activations, architecture, init_schemes, inputs, normalization, optimization
-from diagnose.fixes._model import Fix, FixTarget
+from diagnose.fixes._model import ActivationCall, Fix, FixTarget, Widening
 
 _ALL: tuple[Fix, ...] = (
     init_schemes.FIXES
@@ -33,4 +33,4 @@ FIXES: Mapping[str, Fix] = MappingProxyType({fix_id: next(f for f in _ALL if f.i
 if set(FIXES) != {f.id for f in _ALL}:  # a catalog module added a fix the table does not list
     raise RuntimeError("diagnose.fixes: FIX_IDS and the catalog modules disagree")
 
-__all__ = ["FIXES", "FIX_IDS", "Fix", "FixTarget"]
+__all__ = ["FIXES", "FIX_IDS", "ActivationCall", "Fix", "FixTarget", "Widening"]
