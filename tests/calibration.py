@@ -264,6 +264,22 @@ def _softmax_resnet18(side: int) -> nn.Module:
     return WithSoftmax(_tv().resnet18(num_classes=10))
 
 
+def _constant_init(build: Callable[[int], nn.Module], value: float) -> Callable[[int], nn.Module]:
+    """A user's init loop gone wrong: every Linear and Conv weight set to `value`, biases zeroed."""
+
+    def constant(side: int) -> nn.Module:
+        model = build(side)
+        with torch.no_grad():
+            for module in model.modules():
+                if isinstance(module, (nn.Linear, nn.Conv2d)):
+                    module.weight.fill_(value)
+                    if module.bias is not None:
+                        module.bias.zero_()
+        return model
+
+    return constant
+
+
 def _mobilenet_v3(side: int) -> nn.Module:
     return _tv().mobilenet_v3_small(num_classes=10)
 
@@ -358,6 +374,10 @@ CASES: tuple[Case, ...] = (
     Case("resnet34_no_bn", "sick: residual", _without_norm("resnet34"), expect="residual-stream-growth",
          also=("lr-too-high", "bad-initial-loss", "non-finite"),
          reason="16 un-normalised basic blocks: the stream grows ~40x and the loss is NaN by step 2"),
+    Case("resnet18_constant_init", "sick: init", _constant_init(_torchvision("resnet18"), 0.01),
+         expect="symmetric-weights", also=("poor-initialization", "vanishing-gradients", "loss-not-decreasing"),
+         reason="every conv weight 0.01: identical channels in and out, so they stay identical (Goodfellow et al. "
+                "2016, 8.4); batch norm treats identical channels alike"),
 )
 
 # A second set, never used to set a threshold: real architectures and sick designs the checks were
@@ -422,6 +442,8 @@ UNSEEN: tuple[Case, ...] = (
                                                    intermediate_size=1024, initializer_range=1.0), TOKENS,
          expect="poor-initialization"),
     Case("resnet18_eval_export", "sick: export", _torchvision("resnet18"), expect="eval-mode-export", export_eval=True),
+    Case("deit_zero_linear", "sick: init", _constant_init(_timm_sized("deit_tiny_patch16_224"), 0.0),
+         expect="symmetric-weights"),
 )
 
 

@@ -36,6 +36,7 @@ from diagnose.checks import (
     residual_stream_growth,
     saturated_activations,
     selu_misconfigured,
+    symmetric_weights,
     unnormalized_inputs,
     vanishing_gradients,
 )
@@ -61,6 +62,7 @@ CHECKS: tuple[CheckSpec, ...] = (
     CheckSpec("eval-mode-export", eval_mode_export, E, "an export archive made after .eval(): its batch norm never trains"),
     CheckSpec("non-finite", non_finite, E, "NaN or Inf in inputs, weights, activations, gradients or loss"),
     CheckSpec("output-loss-mismatch", output_loss_mismatch, E, "softmax/sigmoid/tanh outputs fed to a loss that expects raw logits"),
+    CheckSpec("symmetric-weights", symmetric_weights, E, "units that start with identical weights in and out, so they never differ"),
     CheckSpec("no-gradient", no_gradient, E, "trainable parameters that receive no or all-zero gradient"),
     CheckSpec("vanishing-gradients", vanishing_gradients, E, "gradient shrinks by orders of magnitude toward the input"),
     CheckSpec("exploding-gradients", exploding_gradients, E, "gradient grows by orders of magnitude toward the input, or is huge"),

@@ -45,7 +45,8 @@ NEGATIVE_BIAS = -1.0
 # (lr-too-low, loss-not-decreasing) are its symptoms, and LR advice would mislead. The order is the
 # one the cause is named in.
 STRUCTURAL_CAUSES = (
-    "eval-mode-export", "non-finite", "output-loss-mismatch", "no-gradient", "dead-relu", "vanishing-gradients",
+    "eval-mode-export", "non-finite", "output-loss-mismatch", "symmetric-weights", "no-gradient", "dead-relu",
+    "vanishing-gradients",
     "saturated-activations", "activation-variance-collapse",
 )
 
