@@ -54,6 +54,8 @@ def _with_fix_list(body: str, spec: CheckSpec) -> str:
     """End the `## Fixes` section with the fix ids the module declares (`FIXES`), or its `NO_FIX`
     reason: generated from the code, so the page cannot promise a fix the check never gives."""
     if spec.no_fix is not None:
+        if "No catalog fix applies" in body.partition("## Fixes")[2].partition("\n## ")[0]:
+            return body  # the page already says so, with what to do instead
         line = f"No catalog fix applies: {spec.no_fix}."
     else:
         listed = ", ".join(f"[`{fix_id}`](../fixes/{fix_id}.md)" for fix_id in spec.fixes)
