@@ -127,6 +127,15 @@ def write_figures(report: Report, directory: str | Path) -> list[Path]:
         except OSError as exc:
             raise DiagnoseError(f"cannot write the --plot figure {path}: {exc.strerror or exc}") from exc
         written.append(path)
+    # A figure this report has no data for (no fix verified this time) must not be left from an
+    # earlier run, where it would read as this model's: only files of our own names are removed.
+    for name in (FIXES,):
+        stale = target / f"{name}.png"
+        if stale not in written and stale.is_file():
+            try:
+                stale.unlink()
+            except OSError as exc:
+                raise DiagnoseError(f"cannot remove the stale --plot figure {stale}: {exc.strerror or exc}") from exc
     return written
 
 

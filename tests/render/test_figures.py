@@ -70,6 +70,15 @@ def test_no_fixes_figure_without_verified_fixes(tmp_path):
     assert [p.stem for p in written] == list(DEPTH_FIGURES)
 
 
+def test_a_fixes_figure_from_an_earlier_run_is_removed(tmp_path):
+    figures.write_figures(build_sick_report(), tmp_path)
+    (tmp_path / "notes.png").write_bytes(b"the user's own file")
+    assert (tmp_path / "fixes.png").is_file()
+    figures.write_figures(build_healthy_report(), tmp_path)  # a later run that verified no fix
+    assert not (tmp_path / "fixes.png").exists()
+    assert (tmp_path / "notes.png").read_bytes() == b"the user's own file"
+
+
 def test_gradient_series_split_as_the_terminal_table_does():
     report = build_sick_report()
     ax = figures.gradient_flow_figure(report).axes[0]
