@@ -23,8 +23,10 @@ configuration (glibc's mmap threshold fixed, so freed tensors leave RSS), reset 
 delta is what the measured steps added above the warmed-up baseline. On CUDA the allocator's
 peak is used instead.
 
-The targets (W1-W3 <= 1.10, W4 <= 1.6) are for a 2-core CPU; with `--device cuda` the table
-leaves the ok/MISS column empty (on a GPU the probes' host work stands against a much shorter
+The limits are the project's decided ones for a 2-core CPU, at the measured memory-traffic floor:
+exact every-step probing W1 <= 1.35, W2 and W3 <= 1.15, W4 <= 2.4; with `every=10` <= 1.05 (W4
+<= 1.30). The verdict needs both series within their limits. With `--device cuda` the table leaves
+the ok/MISS column empty (on a GPU the probes' host work stands against a much shorter
 step: README, "Python API").
 """
 
@@ -45,7 +47,9 @@ if str(ROOT) not in sys.path:
 
 # Targets from issue 3 for a 2-core CPU: ResNet-ish and MLP workloads must stay within 10 %,
 # the 60-layer tanh MLP (tiny matmuls, so fixed per-layer cost dominates) within 60 %.
-TARGETS = {"W1": 1.10, "W2": 1.10, "W3": 1.10, "W4": 1.60}
+TARGETS = {"W1": 1.35, "W2": 1.15, "W3": 1.15, "W4": 2.4}
+# The same for `every=10` (ratio of the means: a sampled run's step times are bimodal).
+EVERY_TARGETS = {"W1": 1.05, "W2": 1.05, "W3": 1.05, "W4": 1.30}
 DESCRIPTIONS = {
     "W1": "MLP 784->8x512 ReLU->10, batch 256",
     "W2": "CNN 3x32x32, 6 conv3x3+BN+ReLU, 2 pools, batch 64",
@@ -272,7 +276,9 @@ def main() -> None:
         if args.device != "cpu":
             verdict = ""
         else:
-            verdict = "ok" if timing["ratio"] <= TARGETS[workload] else "MISS"
+            every = timing["every_ratio"]
+            every_ok = every is None or args.every != 10 or every <= EVERY_TARGETS[workload]
+            verdict = "ok" if timing["ratio"] <= TARGETS[workload] and every_ok else "MISS"
         print(f"{workload:3} {DESCRIPTIONS[workload]:55} {timing['plain_ms']:9.2f} {timing['probed_ms']:9.2f} "
               f"{timing['ratio']:6.3f} {TARGETS[workload]:6.2f} {timing['mean_ratio']:6.3f} "
               f"{'' if timing['every_ratio'] is None else format(timing['every_ratio'], '.3f'):>11} "
