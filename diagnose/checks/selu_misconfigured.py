@@ -18,7 +18,12 @@ than the `tolerance` factor (1.25); any normalisation or recurrent layer in the 
 `Dropout` module; any real input flagged by the `unnormalized-inputs` rules or with a std outside
 [1/`input_std_factor`, `input_std_factor`] = [0.5, 2] (TheDeepChecker's band).
 
-Severity: warning: the network trains, without the self-normalisation it was built for.
+Severity: warning: the network trains, without the self-normalisation it was built for; info
+when only the structure departs from the recipe (a norm layer, plain dropout, a recurrent layer)
+and the short run trains normally: batch norm between SELU layers is redundant, not harmful
+(measured on the zoo's SELU+BatchNorm stack: loss 0.99 after 20 steps, against 1.16 for the pure
+recipe). Weights off LeCun's scale or unstandardised inputs stay a warning: the fixed point itself
+fails there.
 
 ## Example
 `nn.Sequential(nn.Linear(32, 64), nn.SELU(), ...)` left at PyTorch's default init (0.58x LeCun),
@@ -46,6 +51,7 @@ from diagnose.checks._signal import (
     INIT_TOLERANCE,
     by_index,
     loss_ratio_metric,
+    relaxed_when_trained,
     std_ratio,
 )
 from diagnose.findings import Finding
@@ -118,16 +124,20 @@ def check(evidence: Evidence, thresholds: Mapping[str, float]) -> list[Finding]:
     for _, names in problems:
         layer_names.extend(n for n in names if n not in layer_names)
     numbers["problems"] = len(problems)
-    return [
-        Finding(
-            id=ID,
-            severity=Severity.WARNING,
-            title="SELU is not set up to self-normalise",
-            message="; ".join(text for text, _ in problems),
-            layers=tuple(layer_names),
-            evidence=numbers,
-        )
-    ]
+    finding = Finding(
+        id=ID,
+        severity=Severity.WARNING,
+        title="SELU is not set up to self-normalise",
+        message="; ".join(text for text, _ in problems),
+        layers=tuple(layer_names),
+        evidence=numbers,
+    )
+    if "not_lecun_layers" in numbers or "input_std" in numbers:
+        return [finding]  # the fixed point itself fails: variances drift whatever the run shows
+    # Only the structure departs from the recipe (a norm layer, plain dropout, a recurrent layer):
+    # batch norm between SELUs is redundant, not harmful, and measured it trains as well or better
+    # than the pure recipe; the short run judges.
+    return [relaxed_when_trained(evidence, finding)]
 
 
 # The fixes this check may recommend; `advise` orders them for the evidence at hand.

@@ -41,3 +41,15 @@ def test_plain_dropout_fires():
         module_record("drop", 2, "other", "Dropout"),
     ]
     assert only(check_module.check(evidence(layers), check_module.THRESHOLDS), ID).layers == ("drop",)
+
+
+def test_batchnorm_alone_is_info_when_the_short_run_trains():
+    """SELU + BatchNorm is redundant, not harmful: the run judges it (the pure recipe trains no better)."""
+    assert only(zoo_report("selu-batchnorm"), ID).severity.value == "warning"  # no run: nothing to judge by
+    finding = only(zoo_report("selu-batchnorm", steps=20), ID)
+    assert finding.severity.value == "info" and finding.evidence["short_run_trained"]
+
+
+def test_an_init_off_lecun_stays_a_warning_when_the_run_trains():
+    finding = only(zoo_report("selu-default-init", steps=20), ID)
+    assert finding.severity.value == "warning"
