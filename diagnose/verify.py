@@ -95,6 +95,9 @@ def verify_findings(
     distinct = len({fix.id for finding in findings for fix in finding.fixes})
     verified = []
     for finding in findings:
+        if not finding.fixes:  # nothing to try (a check with no catalog fix has no measure either)
+            verified.append(finding)
+            continue
         results = []
         for fix in finding.fixes:
             if fix.id not in outcomes:

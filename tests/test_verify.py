@@ -129,6 +129,16 @@ def test_without_try_fixes_nothing_is_verified():
     assert all(fix.verified is None for f in report.findings for fix in f.fixes)
 
 
+def test_findings_without_a_catalog_fix_pass_through_try_fixes():
+    """A softmax before cross-entropy (output-loss-mismatch: NO_FIX, so no measure) beside fixable
+    findings: --try-fixes verifies the others and leaves it as it is."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(FEATURES, WIDTH), nn.ReLU(), nn.Linear(WIDTH, CLASSES), nn.Softmax(dim=-1))
+    report = diagnose.check(model, inputs(), steps=VERIFY_STEPS, try_fixes=True)
+    mismatch = _finding(report, "output-loss-mismatch")
+    assert mismatch.fixes == ()
+
+
 def test_lr_fixes_on_a_diverging_run():
     """lower-lr cures a diverging run; higher-lr is tried too and shown not to."""
     torch.manual_seed(0)
