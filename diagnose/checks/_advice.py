@@ -22,6 +22,7 @@ from diagnose.checks._signal import (
     by_index,
     flow_layers,
     preceding_weighted,
+    reading_normalised_input,
     std_ratio,
 )
 from diagnose.fixes import ActivationCall, FixTarget
@@ -240,3 +241,24 @@ def bias_dominates(record: LayerRecord, negative_only: bool = False) -> bool:
         # far the typical bias sits from zero compared with it.
         return abs(w.bias_mean) >= BIAS_DOMINANCE * spread
     return w.bias_mean <= NEGATIVE_BIAS if negative_only else abs(w.bias_mean) >= -NEGATIVE_BIAS
+
+
+def loud_norm_readers(context: AdviceContext) -> list[LayerRecord]:
+    """Layers reading a norm layer's output whose weight std is above LeCun's 1/sqrt(fan_in) by more
+    than INIT_TOLERANCE: they amplify unit-scale features at every block (a transformer at a large
+    init range). LeCun's scale preserves the variance of normalised inputs whatever follows."""
+    return [r for r, _ in reading_normalised_input(context.layers) if lecun_excess(r) > INIT_TOLERANCE]
+
+
+def lecun_excess(record: LayerRecord) -> float:
+    """The layer's weight std over 1/sqrt(fan_in) (0 when the fan-in is unknown)."""
+    fan_in = record.weight.fan_in if record.weight is not None else None
+    return record.weight.std * math.sqrt(fan_in) if fan_in else 0.0
+
+
+def lecun_choice(context: AdviceContext, loud: Sequence[LayerRecord]) -> Choice:
+    """`lecun-init` for layers `loud_norm_readers` found, with the measured excess as the reason."""
+    excess = sorted(lecun_excess(r) for r in loud)
+    return Choice("lecun-init", target(context, [r.name for r in loud]),
+                  f"{names(loud)} read normalised features with weights ~{excess[len(excess) // 2]:.2g}x "
+                  "1/sqrt(fan_in).")

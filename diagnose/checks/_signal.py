@@ -319,6 +319,28 @@ def relative_loss_change(history: Sequence[float]) -> float | None:
     return (history[0] - min(history[1:])) / abs(history[0])
 
 
+def reading_normalised_input(layers) -> list[tuple[LayerRecord, float]]:
+    """(layer, forward gain) of trainable linear layers whose input is a norm layer's output.
+
+    The gain is output std / input std. A norm layer hands its reader unit-scale features, so a
+    variance-preserving weight (std 1/sqrt(fan_in)) gives a gain near 1 whatever follows; the
+    transformer recipes stay under it (GPT-2/BERT N(0, 0.02): ~0.3-0.6).
+    """
+    by_name = {r.name: r for r in layers}
+    chosen = []
+    for record in by_index(layers):
+        if record.kind != "linear" or record.trainable_parameters == 0 or record.weight is None:
+            continue
+        source = by_name.get(record.input_from or "")
+        if source is None or source.kind != "norm":
+            continue
+        out_std, in_std = record.activation.std, source.activation.std
+        if out_std is None or in_std is None or not (math.isfinite(out_std) and math.isfinite(in_std)) or in_std <= 0:
+            continue
+        chosen.append((record, out_std / in_std))
+    return chosen
+
+
 # ---------------------------------------------------------------- measures a fix is verified by
 
 

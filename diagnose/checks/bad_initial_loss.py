@@ -25,8 +25,9 @@ is 2.3.
 ## Fixes
 `fix-bias-init` (zero the last layer's bias, or set it to the class prior, and shrink its weights),
 `glorot-init` for the last layer; first, where one is measured, the cause upstream:
-`normalize-inputs` when the inputs are unscaled, the hidden layers' init scheme when their weights
-are too large.
+`normalize-inputs` when the inputs are unscaled, `lecun-init` when layers reading a norm layer's
+output are initialised far above 1/sqrt(fan_in) (a transformer at a large init range), the hidden
+layers' init scheme when their weights are too large.
 
 ## Options
 `relative_gap`.
@@ -47,6 +48,8 @@ from diagnose.checks._advice import (
     Choice,
     hidden_feeders,
     init_choices,
+    lecun_choice,
+    loud_norm_readers,
     misscaled,
     records,
     target,
@@ -111,6 +114,9 @@ def advise(finding: Finding, context: AdviceContext) -> list[Choice]:
     choices = []
     if context.inputs_unscaled:  # the cause, when present: unscaled inputs inflate every logit
         choices.append(Choice("normalize-inputs", target(context), "The real inputs are not standardised."))
+    loud = loud_norm_readers(context)
+    if loud:  # the cause, when present: layers that amplify normalised features at every block
+        choices.append(lecun_choice(context, loud))
     large = misscaled(hidden_feeders(context), "large")
     if large:  # the cause, when present: hidden layers that amplify the signal inflate every logit
         choices += init_choices(context, large)

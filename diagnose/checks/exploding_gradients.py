@@ -40,7 +40,11 @@ is ~5e4x the one at the head.
 `gradient-clipping`, `lower-lr`, `he-init` / `glorot-init` (proper init), `batch-norm`. When the
 weights are measurably too large the init is the cause: the init scheme first, then `batch-norm`,
 and clipping and a lower rate after them (they bound the steps of a network that still explodes at
-init). For recurrent networks clipping comes first and batch norm is not offered.
+init). Where layers read a norm layer's output with weights well above 1/sqrt(fan_in) (a
+transformer at a large init range), `lecun-init` comes first: the variance-preserving scale for
+normalised inputs, whatever activation follows. For recurrent networks clipping comes first and
+batch norm is not offered. When `poor-initialization` reports the weight scale as an error, the
+finding names it as the likely cause.
 
 ## Options
 `ratio`, `huge_rms`, `min_layers`.
@@ -62,6 +66,8 @@ from diagnose.checks._advice import (
     Choice,
     hidden_feeders,
     init_choices,
+    lecun_choice,
+    loud_norm_readers,
     misscaled,
     target,
 )
@@ -114,6 +120,8 @@ def check(evidence: Evidence, thresholds: Mapping[str, float]) -> list[Finding]:
 
 # The fixes this check may recommend; `advise` orders them for the evidence at hand.
 FIXES = ("he-init", "glorot-init", "lecun-init", "batch-norm", "gradient-clipping", "lower-lr")
+# A weight scale the init check has measured far too large is the cause, when it is an error there.
+ROOT_CAUSES = ("poor-initialization",)
 
 
 def advise(finding: Finding, context: AdviceContext) -> list[Choice]:
@@ -126,6 +134,14 @@ def advise(finding: Finding, context: AdviceContext) -> list[Choice]:
     norm = Choice("batch-norm", target(context, [r.name for r in hidden]))
     if context.has_recurrent:
         return [clip, lower] + init_choices(context, large)
+    loud = loud_norm_readers(context)
+    if loud:
+        # Layers reading a norm layer's unit-scale output with weights far above 1/sqrt(fan_in)
+        # amplify at every block: LeCun's scale is the variance-preserving one whatever follows
+        # (measured on GPT-2 at initializer_range 1: He for the GELU layers left the attention
+        # weights and the explosion as they were; LeCun took the ratio from 5e4 to 1).
+        lecun = lecun_choice(context, loud)
+        return [lecun, *init_choices(context, large), clip, lower]
     if large:
         # The init is the cause: re-scaling it, or a norm layer that resets the scale, cures it;
         # clipping and a lower rate only bound the steps of a network that still explodes at init.
