@@ -52,6 +52,7 @@ from typing import TYPE_CHECKING
 
 from diagnose.checks._model import Measure
 from diagnose.checks._signal import by_index, trained_normally, zero_weight_layers
+from diagnose.checks.symmetric_weights import symmetric_pairs
 from diagnose.findings import Finding
 from diagnose.severity import Severity
 
@@ -109,8 +110,11 @@ def check(evidence: Evidence, thresholds: Mapping[str, float]) -> list[Finding]:
                 "first": f"{first.name}.{names[0]}",
             },
         ))
+    gates = zero_weight_layers(evidence.layers)
+    paired = {name for pair in symmetric_pairs(evidence.layers) for name in (pair[0].name, pair[1].name)}
+    if gates and set(gates) <= paired:
+        gated = []  # zero layers chained to zero layers: not a deliberate gate, symmetric-weights' finding
     if gated:
-        gates = zero_weight_layers(evidence.layers)
         named = f"zero-initialised {_listing(gates)}" if gates else "a zero-initialised gate (a zero γ or gain)"
         findings.append(Finding(
             id=ID,

@@ -125,3 +125,16 @@ def test_he_init_is_the_verified_fix():
     assert fix.id == "he-init"
     assert fix.verified.resolved and fix.verified.after == 0.0 and fix.verified.before == 2.0
     assert fix.verified.loss_after < fix.verified.loss_before
+
+
+def test_chained_zero_layers_are_not_called_a_deliberate_gate():
+    """no-gradient's "zero-initialised gate" info is for zero heads and gains, not for symmetric pairs."""
+    x, y = _inputs()
+    model = _mlp(lambda layer: (layer.weight.zero_(), layer.bias.zero_()))
+    report = diagnose.check(model, x, targets=y, steps=20)
+    assert not [f for f in findings_of(report, "no-gradient") if "deliberate" in f.message]
+    zero_head = _mlp(lambda layer: None)
+    with torch.no_grad():
+        zero_head[4].weight.zero_()
+    gates = [f for f in findings_of(diagnose.check(zero_head, x, targets=y, steps=20), "no-gradient")]
+    assert all(f.severity.value == "info" for f in gates)
