@@ -2,7 +2,7 @@
 
 Generic: each check's own module says which fixes apply and in what order for the evidence at hand
 (`advise`, over the `AdviceContext` built here once per report), and which errors make its
-finding a mere symptom (`ROOT_CAUSES`). This module turns those choices into suggestions whose
+finding a mere symptom (`ROOT_CAUSES`; or any check whose module `STOPS_LEARNING`). This module turns those choices into suggestions whose
 snippet names the user's own layers and whose rationale says why the fix applies here, then why it
 works in general. A pure function of the findings and the evidence; no torch.
 """
@@ -13,7 +13,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
-from diagnose.checks import AdviceContext, Choice, get, root_cause
+from diagnose.checks import AdviceContext, Choice, get, root_cause, root_causes_of
 from diagnose.findings import Finding, FixSuggestion
 from diagnose.fixes import FIXES
 
@@ -29,7 +29,7 @@ def recommend(findings: Iterable[Finding], evidence: Evidence) -> list[Finding]:
     for finding in findings:
         spec = get(finding.id)
         choices = _deduplicate(spec.advise(finding, context))
-        root = root_cause(findings, spec.root_causes)
+        root = root_cause(findings, root_causes_of(spec))
         if root is not None:
             finding = replace(
                 finding,

@@ -40,7 +40,12 @@ from diagnose.checks import (
     unnormalized_inputs,
     vanishing_gradients,
 )
-from diagnose.checks._advice import AdviceContext, Choice, root_cause
+from diagnose.checks._advice import (
+    ANY_THAT_STOPS_LEARNING,
+    AdviceContext,
+    Choice,
+    root_cause,
+)
 from diagnose.checks._model import (
     DECADES,
     DECADES_ABOVE,
@@ -64,9 +69,9 @@ CHECKS: tuple[CheckSpec, ...] = (
     CheckSpec("output-loss-mismatch", output_loss_mismatch, E, "softmax/sigmoid/tanh outputs fed to a loss that expects raw logits"),
     CheckSpec("symmetric-weights", symmetric_weights, E, "units that start with identical weights in and out, so they never differ"),
     CheckSpec("no-gradient", no_gradient, E, "trainable parameters that receive no or all-zero gradient"),
+    CheckSpec("dead-relu", dead_relu, E, "a large share of ReLU units output zero for every sample", needs_activations=True),
     CheckSpec("vanishing-gradients", vanishing_gradients, E, "gradient shrinks by orders of magnitude toward the input"),
     CheckSpec("exploding-gradients", exploding_gradients, E, "gradient grows by orders of magnitude toward the input, or is huge"),
-    CheckSpec("dead-relu", dead_relu, E, "a large share of ReLU units output zero for every sample", needs_activations=True),
     CheckSpec("saturated-activations", saturated_activations, W, "sigmoid/tanh-like outputs pinned at their bounds, derivative ~0", needs_activations=True),
     CheckSpec("activation-variance-collapse", activation_variance_collapse, W, "activation variance shrinks layer after layer", needs_activations=True),
     CheckSpec("activation-variance-explosion", activation_variance_explosion, W, "activation variance grows layer after layer", needs_activations=True),
@@ -100,6 +105,13 @@ if _incomplete(CHECKS):  # a check with no advice would silently get no fixes, a
 CHECK_IDS: tuple[str, ...] = tuple(spec.id for spec in CHECKS)
 _BY_ID: dict[str, CheckSpec] = {spec.id: spec for spec in CHECKS}
 _ORDER: dict[str, int] = {check_id: i for i, check_id in enumerate(CHECK_IDS)}
+
+
+def root_causes_of(spec: CheckSpec) -> tuple[str, ...]:
+    """The check ids whose error makes `spec`'s finding a symptom, in the order they are named."""
+    if getattr(spec.module, "ROOT_CAUSES", ()) == ANY_THAT_STOPS_LEARNING:
+        return tuple(s.id for s in CHECKS if getattr(s.module, "STOPS_LEARNING", False))
+    return spec.root_causes
 
 
 def get(check_id: str) -> CheckSpec:
@@ -242,5 +254,5 @@ def _apply_layer_ignores(finding: Finding, ignores: Mapping[str, tuple[str, ...]
 
 __all__ = [
     "CHECKS", "CHECK_IDS", "DECADES", "DECADES_ABOVE", "LOWER_IS_BETTER", "AdviceContext", "CheckSpec", "Choice", "Measure", "get", "resolve_thresholds",
-    "root_cause", "run_checks", "select_checks", "validate_ids",
+    "root_cause", "root_causes_of", "run_checks", "select_checks", "validate_ids",
 ]

@@ -42,14 +42,10 @@ BIAS_DOMINANCE = 1.0
 # Fallback when the output spread is unknown: a bias of -1 or below in front of a ReLU.
 NEGATIVE_BIAS = -1.0
 
-# Errors that stop learning whatever the rate: when one is present, a stalled loss or tiny updates
-# (lr-too-low, loss-not-decreasing) are its symptoms, and LR advice would mislead. The order is the
-# one the cause is named in.
-STRUCTURAL_CAUSES = (
-    "eval-mode-export", "non-finite", "output-loss-mismatch", "symmetric-weights", "no-gradient", "dead-relu",
-    "vanishing-gradients",
-    "saturated-activations", "activation-variance-collapse",
-)
+# A symptom module's `ROOT_CAUSES` may be this: every check whose module declares `STOPS_LEARNING`
+# (an error that stops learning whatever the rate), in the table's order. A stalled loss or tiny
+# updates say little of their own beside one of those, and LR advice would mislead.
+ANY_THAT_STOPS_LEARNING = "any check that stops learning"
 
 
 @dataclass(frozen=True, slots=True)

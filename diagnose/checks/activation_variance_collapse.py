@@ -79,6 +79,8 @@ def check(evidence: Evidence, thresholds: Mapping[str, float]) -> list[Finding]:
     )
 
 
+# A signal that collapses over depth carries nothing to learn from whatever the rate.
+STOPS_LEARNING = True
 # The fixes this check may recommend; `advise` orders them for the evidence at hand.
 FIXES = ("he-init", "glorot-init", "lecun-init", "batch-norm", "residual-connections")
 

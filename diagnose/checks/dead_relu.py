@@ -167,6 +167,8 @@ def check(evidence: Evidence, thresholds: Mapping[str, float]) -> list[Finding]:
     ]
 
 
+# Dead units pass no gradient whatever the rate.
+STOPS_LEARNING = True
 # The fixes this check may recommend; `advise` orders them for the evidence at hand.
 FIXES = ("he-init", "glorot-init", "lecun-init", "fix-bias-init", "lower-lr", "leaky-relu", "elu")
 

@@ -85,6 +85,9 @@ def check(evidence: Evidence, thresholds: Mapping[str, float]) -> list[Finding]:
     )]
 
 
+# The graph is not the one the user trains: nothing measured on it can be trusted to move.
+STOPS_LEARNING = True
+
 # The archive must be exported again from the model in train mode: no catalog fix applies to it;
 # the finding's message says how.
 NO_FIX = "re-export in train mode: the message says how"

@@ -42,7 +42,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from diagnose.checks._advice import (
-    STRUCTURAL_CAUSES,
+    ANY_THAT_STOPS_LEARNING,
     AdviceContext,
     Choice,
     choose,
@@ -103,7 +103,7 @@ def check(evidence: Evidence, thresholds: Mapping[str, float]) -> list[Finding]:
 FIXES = ("higher-lr", "lower-lr", "change-optimizer", "lr-schedule", "normalize-inputs")
 # A stalled loss says little of its own when the network is already broken in a way that stops
 # learning: the structural error is the cause, named on the finding.
-ROOT_CAUSES = STRUCTURAL_CAUSES
+ROOT_CAUSES = ANY_THAT_STOPS_LEARNING
 # Mean update/weight ratios below this during the run mean the steps are too small to matter...
 SMALL_UPDATE = 1e-3
 # ... and above this they are large enough to be the problem.

@@ -39,7 +39,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from diagnose.checks._advice import (
-    STRUCTURAL_CAUSES,
+    ANY_THAT_STOPS_LEARNING,
     AdviceContext,
     Choice,
     choose,
@@ -99,7 +99,7 @@ def check(evidence: Evidence, thresholds: Mapping[str, float]) -> list[Finding]:
 FIXES = ("higher-lr", "lr-schedule", "change-optimizer")
 # Tiny updates say little of their own when the network is already broken in a way that stops
 # learning: the structural error is the cause, named on the finding.
-ROOT_CAUSES = STRUCTURAL_CAUSES
+ROOT_CAUSES = ANY_THAT_STOPS_LEARNING
 
 
 def advise(finding: Finding, context: AdviceContext) -> list[Choice]:

@@ -178,6 +178,9 @@ def _listing(names: list[str], shown: int = 3) -> str:
     return f"{', '.join(names[:shown])} and {len(names) - shown} more"
 
 
+# Parameters without a gradient do not learn whatever the rate.
+STOPS_LEARNING = True
+
 # A wiring bug (a branch not connected to the loss, a detach, frozen parameters by mistake): no
 # catalog fix applies; the finding's message names the parameters and what to look for.
 NO_FIX = "a wiring bug: the message names the parameters and what to look for"

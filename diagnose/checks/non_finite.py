@@ -109,6 +109,8 @@ def check(evidence: Evidence, thresholds: Mapping[str, float]) -> list[Finding]:
     ]
 
 
+# NaN or Inf anywhere stops learning whatever the rate.
+STOPS_LEARNING = True
 # The fixes this check may recommend; `advise` orders them for the evidence at hand.
 FIXES = ("normalize-inputs", "he-init", "glorot-init", "lecun-init", "gradient-clipping")
 

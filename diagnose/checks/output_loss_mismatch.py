@@ -143,6 +143,9 @@ def _bounded(kind: str, title: str, what: str, floor: float, numbers: dict, outp
     )
 
 
+# The loss has a floor the network cannot get under whatever the rate.
+STOPS_LEARNING = True
+
 # A line of forward to delete (the output activation before a loss that applies its own): no
 # catalog fix applies; the finding's message says which.
 NO_FIX = "a line of forward to delete: the message says which"

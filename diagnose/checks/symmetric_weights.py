@@ -70,6 +70,8 @@ ID = "symmetric-weights"
 CONSTANT_CV = 0.01
 
 THRESHOLDS: dict[str, float] = {"constant_cv": CONSTANT_CV}
+# Identical units stay identical whatever the rate.
+STOPS_LEARNING = True
 # The fixes this check may recommend; `advise` orders them for the evidence at hand.
 FIXES = ("he-init", "glorot-init", "lecun-init")
 

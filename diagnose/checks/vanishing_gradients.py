@@ -88,6 +88,8 @@ def check(evidence: Evidence, thresholds: Mapping[str, float]) -> list[Finding]:
     return [finding] if finding is not None else []
 
 
+# The first layers get no usable gradient whatever the rate.
+STOPS_LEARNING = True
 # The fixes this check may recommend; `advise` orders them for the evidence at hand.
 FIXES = ("selu", "relu", "he-init", "glorot-init", "lecun-init", "batch-norm", "residual-connections")
 

@@ -110,3 +110,17 @@ def test_the_generated_page_lists_the_declared_fixes():
             assert all(f"[`{fix_id}`]" in section for fix_id in spec.fixes)
         else:
             assert "No catalog fix applies" in section
+
+
+@pytest.mark.parametrize("spec", CHECKS, ids=lambda s: s.id)
+def test_root_causes_name_real_checks(spec):
+    causes = checks.root_causes_of(spec)
+    assert set(causes) <= {s.id for s in CHECKS} - {spec.id}
+
+
+def test_a_check_that_stops_learning_is_a_root_cause_by_its_own_declaration():
+    # lr-too-low names every check whose module declares STOPS_LEARNING, in table order: adding one
+    # is a line in its own module, not an edit of a shared list
+    stops = [s.id for s in CHECKS if getattr(s.module, "STOPS_LEARNING", False)]
+    assert checks.root_causes_of(checks.get("lr-too-low")) == tuple(stops)
+    assert {"dead-relu", "symmetric-weights", "vanishing-gradients"} <= set(stops)
