@@ -6,18 +6,21 @@ by `check` (through `diagnose.api`), so `--help`, `--version`, `list` and `expla
 
 from __future__ import annotations
 
+import inspect
 import os
 import sys
 import traceback
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, NoReturn, Optional, TextIO
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, Optional, TextIO, TypeVar
 
 import typer
 
-from diagnose.config import Settings, build_settings, parse_input_shape, split_ids, validate_settings
+from diagnose.config import OPTIONS, Settings, build_settings, validate_settings
 from diagnose.errors import DiagnoseError
+from diagnose.options import Option
 
 if TYPE_CHECKING:
     from diagnose.report import Report
@@ -31,6 +34,8 @@ EXIT_INTERRUPTED = 130
 PIPE_WIDTH = 120
 # Below this the report's lines are mostly indentation; narrower terminals get lines that run over.
 MIN_WIDTH = 40
+
+F = TypeVar("F", bound=Callable[..., None])
 
 app = typer.Typer(
     name="diagnose",
@@ -62,69 +67,65 @@ def _root(
 
 
 # ---------------------------------------------------------------------------------------------
+# Commands whose options are declared in diagnose.config.Settings
+
+
+def _parameter(declared: Option, help_text: str | None = None) -> inspect.Parameter:
+    """The typer parameter of a declared option (None when the command line was not given it)."""
+    kind = inspect.Parameter.POSITIONAL_OR_KEYWORD
+    help_text = help_text or declared.help
+    if declared.argument:
+        annotation: Any = Annotated[str, typer.Argument(metavar=declared.metavar, help=help_text)]
+        return inspect.Parameter(declared.name, kind, annotation=annotation)
+    if declared.flag is None:
+        raise ValueError(f"option {declared.name} has no command-line spelling")
+    names = [f"{declared.flag}/--no-{declared.flag[2:]}" if declared.negatable else declared.flag]
+    if declared.short:
+        names.append(declared.short)
+    # the command line gives strings to an option without a plain type (its convert parses them)
+    value_type: Any = list[str] if declared.repeatable else declared.kind or str
+    info = typer.Option(*names, metavar=declared.metavar, help=help_text)
+    return inspect.Parameter(declared.name, kind, annotation=Annotated[Optional[value_type], info], default=None)
+
+
+def _declared_options(layout: Sequence[str], help_texts: Mapping[str, str] | None = None) -> Callable[[F], F]:
+    """Give a command the declared options named in `layout`, in that order, as typer parameters.
+
+    The command takes them as `**flags` (name -> value, None when not given). A name in `layout`
+    that is one of the command's own parameters (options only this command has) keeps that
+    parameter there.
+    """
+    by_name = {declared.name: declared for declared in OPTIONS}
+    help_texts = help_texts or {}
+
+    def decorate(command: F) -> F:
+        own = {p.name: p for p in inspect.signature(command, eval_str=True).parameters.values()
+               if p.kind is not inspect.Parameter.VAR_KEYWORD}
+        missing = set(own) - set(layout)
+        if missing:
+            raise TypeError(f"{command.__name__}: own parameters not in its layout: {', '.join(sorted(missing))}")
+        parameters = [own[name] if name in own else _parameter(by_name[name], help_texts.get(name))
+                      for name in layout]
+        command.__signature__ = inspect.Signature(parameters)  # type: ignore[attr-defined]
+        return command
+
+    return decorate
+
+
+# ---------------------------------------------------------------------------------------------
 # check
+
+# every declared option the command line spells
+CHECK_LAYOUT = tuple(declared.name for declared in OPTIONS if declared.flag or declared.argument)
 
 
 @app.command()
-def check(
-    model: Annotated[str, typer.Argument(metavar="MODEL", help="model.pt2, model.ts.pt, model.pt, pkg.module:build, path/to/file.py:build, or a Hugging Face directory (config.json + model.safetensors)")],
-    input_shape: Annotated[Optional[list[str]], typer.Option("--input-shape", metavar="SHAPE", help="Synthesize a batch of this shape, e.g. 64,3,32,32 (repeat for several positional inputs): standard-normal floats, or token ids in range when the model starts with an embedding (e.g. 8,128 for GPT-2).")] = None,
-    inputs: Annotated[Optional[str], typer.Option("--inputs", metavar="FILE", help="Real inputs: .pt / .npy / .npz holding a tensor, a tuple (positional inputs), a dict of keyword inputs (e.g. input_ids and decoder_input_ids for an encoder-decoder), or {'inputs': ..., 'targets': ...}.")] = None,
-    targets: Annotated[Optional[str], typer.Option("--targets", metavar="FILE", help="Real targets: .pt / .npy / .npz.")] = None,
-    loss: Annotated[Optional[str], typer.Option("--loss", metavar="LOSS", help="auto | cross-entropy | mse | MODULE:FN.")] = None,
-    steps: Annotated[Optional[int], typer.Option("--steps", metavar="N", help="Optimizer steps of the short training run on a copy (default 20; 0 = one forward+backward only).")] = None,
-    optimizer: Annotated[Optional[str], typer.Option("--optimizer", metavar="NAME", help="sgd | momentum | nesterov | adagrad | rmsprop | adam | adamw | nadam.")] = None,
-    lr: Annotated[Optional[float], typer.Option("--lr", metavar="X", help="Learning rate of the short run.")] = None,
-    batch_size: Annotated[Optional[int], typer.Option("--batch-size", metavar="N", help="Batch size for synthesized inputs.")] = None,
-    weights: Annotated[Optional[str], typer.Option("--weights", metavar="FILE", help="A state dict (.pt or .safetensors) for a factory model.")] = None,
-    trust_pickle: Annotated[bool, typer.Option("--trust-pickle", help="Allow loading a whole pickled module (runs the code inside it).")] = False,
-    device: Annotated[Optional[str], typer.Option("--device", metavar="DEVICE", help="auto | cpu | cuda.")] = None,
-    seed: Annotated[Optional[int], typer.Option("--seed", metavar="N", help="Seed for all randomness (default 0).")] = None,
-    json_path: Annotated[Optional[str], typer.Option("--json", metavar="PATH", help="Write the JSON report here ('-' = stdout; the human report then goes to stderr).")] = None,
-    markdown_path: Annotated[Optional[str], typer.Option("--markdown", metavar="PATH", help="Write a Markdown report here.")] = None,
-    junit_path: Annotated[Optional[str], typer.Option("--junit", metavar="PATH", help="Write a JUnit XML report here.")] = None,
-    html_path: Annotated[Optional[str], typer.Option("--html", metavar="PATH", help='Write a self-contained HTML report with figures here (needs pip install "diagnose[plot]").')] = None,
-    plot_dir: Annotated[Optional[str], typer.Option("--plot", metavar="DIR", help='Write the report\'s figures as PNG files into DIR (created if missing; needs pip install "diagnose[plot]").')] = None,
-    fail_on: Annotated[Optional[str], typer.Option("--fail-on", metavar="LEVEL", help="Exit 1 on findings at/above: error | warning | info | never (default error).")] = None,
-    select: Annotated[Optional[list[str]], typer.Option("--select", metavar="IDS", help="Run only these checks (comma-separated ids).")] = None,
-    ignore: Annotated[Optional[list[str]], typer.Option("--ignore", metavar="IDS", help="Skip these checks (comma-separated ids).")] = None,
-    try_fixes: Annotated[Optional[bool], typer.Option("--try-fixes/--no-try-fixes", help="Apply each recommended fix to a copy of the model and report before/after.")] = None,
-    config: Annotated[Optional[Path], typer.Option("--config", metavar="PATH", help="The pyproject.toml to read [tool.diagnose] from (default: the nearest one upward).")] = None,
-    verbose: Annotated[Optional[bool], typer.Option("--verbose", "-v", help="Every layer in the table and every fix's snippet (default: a summary of large tables, the first fix's snippet).")] = None,
-    quiet: Annotated[Optional[bool], typer.Option("--quiet", "-q", help="No progress display (shown on stderr only when it is a terminal).")] = None,
-    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False,
-) -> None:
+@_declared_options(CHECK_LAYOUT)
+def check(**flags: Any) -> None:
     """Probe MODEL, find why it will not train, and recommend fixes."""
 
     def work() -> int:
-        flags = {
-            "model": model,
-            "input_shapes": tuple(parse_input_shape(s) for s in input_shape) if input_shape else None,
-            "inputs_path": inputs,
-            "targets_path": targets,
-            "loss": loss,
-            "steps": steps,
-            "optimizer": optimizer,
-            "lr": lr,
-            "batch_size": batch_size,
-            "weights": weights,
-            "trust_pickle": trust_pickle or None,
-            "device": device,
-            "seed": seed,
-            "json_path": json_path,
-            "markdown_path": markdown_path,
-            "junit_path": junit_path,
-            "html_path": html_path,
-            "plot_dir": plot_dir,
-            "fail_on": fail_on,
-            "select": split_ids(select) if select else None,
-            "ignore": split_ids(ignore) if ignore else None,
-            "try_fixes": try_fixes,
-            "verbose": verbose,
-            "quiet": quiet,
-            "debug": debug or None,
-        }
-        settings = validate_settings(build_settings(flags, config))
+        settings = validate_settings(build_settings(flags))
         if settings.select or settings.ignore or settings.thresholds or settings.per_layer_ignores:
             validate_settings(settings, known_check_ids(), known_threshold_names())
         _require_writable(settings)
@@ -137,7 +138,7 @@ def check(
         _emit(report, settings)
         return report.exit_code(settings.fail_on)
 
-    raise typer.Exit(_guarded(work, debug=debug))
+    raise typer.Exit(_guarded(work, debug=bool(flags.get("debug"))))
 
 
 @contextmanager
@@ -254,28 +255,27 @@ def _write(flag: str, path: str, text: str) -> None:
 # lr-find
 
 
+# check's model, input, loss, optimizer, seed and device options (CONTRACT), with the sweep's own
+# options where they stood
+LR_FIND_LAYOUT = (
+    "model", "input_shapes", "inputs_path", "targets_path", "loss", "optimizer", "lr", "batch_size", "weights",
+    "trust_pickle", "device", "seed", "min_lr", "max_lr", "sweep_steps", "verify_steps", "json_out", "config_path",
+    "quiet", "debug",
+)
+
+
 @app.command("lr-find")
+@_declared_options(LR_FIND_LAYOUT, {
+    "lr": "Your current learning rate: verified beside the suggestion as the baseline (default 0.01).",
+})
 def lr_find(
-    model: Annotated[str, typer.Argument(metavar="MODEL", help="model.pt2, model.ts.pt, model.pt, pkg.module:build, path/to/file.py:build, or a Hugging Face directory (config.json + model.safetensors)")],
-    input_shape: Annotated[Optional[list[str]], typer.Option("--input-shape", metavar="SHAPE", help="Synthesize a batch of this shape, as for check.")] = None,
-    inputs: Annotated[Optional[str], typer.Option("--inputs", metavar="FILE", help="Real inputs (.pt / .npy / .npz), as for check.")] = None,
-    targets: Annotated[Optional[str], typer.Option("--targets", metavar="FILE", help="Real targets: .pt / .npy / .npz.")] = None,
-    loss: Annotated[Optional[str], typer.Option("--loss", metavar="LOSS", help="auto | cross-entropy | mse | MODULE:FN.")] = None,
-    optimizer: Annotated[Optional[str], typer.Option("--optimizer", metavar="NAME", help="sgd | momentum | nesterov | adagrad | rmsprop | adam | adamw | nadam.")] = None,
-    lr: Annotated[Optional[float], typer.Option("--lr", metavar="X", help="Your current learning rate: verified beside the suggestion as the baseline (default 0.01).")] = None,
-    batch_size: Annotated[Optional[int], typer.Option("--batch-size", metavar="N", help="Batch size for synthesized inputs.")] = None,
-    weights: Annotated[Optional[str], typer.Option("--weights", metavar="FILE", help="A state dict (.pt or .safetensors) for a factory model.")] = None,
-    trust_pickle: Annotated[bool, typer.Option("--trust-pickle", help="Allow loading a whole pickled module (runs the code inside it).")] = False,
-    device: Annotated[Optional[str], typer.Option("--device", metavar="DEVICE", help="auto | cpu | cuda.")] = None,
-    seed: Annotated[Optional[int], typer.Option("--seed", metavar="N", help="Seed for all randomness (default 0).")] = None,
     min_lr: Annotated[Optional[float], typer.Option("--min", metavar="X", help="The sweep's first learning rate (default 1e-7).")] = None,
     max_lr: Annotated[Optional[float], typer.Option("--max", metavar="X", help="The sweep's last learning rate (default 10).")] = None,
     sweep_steps: Annotated[Optional[int], typer.Option("--steps", metavar="N", help="Optimizer steps of the sweep, one per learning rate (default 100).")] = None,
     verify_steps: Annotated[Optional[int], typer.Option("--verify-steps", metavar="N", help="Steps of each verifying short run (default: check's short run, 20).")] = None,
-    json_path: Annotated[Optional[str], typer.Option("--json", metavar="PATH", help="Write the JSON result here ('-' = stdout; the human report then goes to stderr).")] = None,
-    config: Annotated[Optional[Path], typer.Option("--config", metavar="PATH", help="The pyproject.toml to read [tool.diagnose] from (default: the nearest one upward).")] = None,
-    quiet: Annotated[Optional[bool], typer.Option("--quiet", "-q", help="No progress display (shown on stderr only when it is a terminal).")] = None,
-    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False,
+    # not check's json_path: [tool.diagnose]'s json names check's report, not this command's
+    json_out: Annotated[Optional[str], typer.Option("--json", metavar="PATH", help="Write the JSON result here ('-' = stdout; the human report then goes to stderr).")] = None,
+    **flags: Any,
 ) -> None:
     """Learning-rate range test on a copy: the loss-vs-LR curve, a suggested LR, verified by short runs.
 
@@ -285,28 +285,11 @@ def lr_find(
     def work() -> int:
         if verify_steps is not None and verify_steps < 1:
             raise DiagnoseError(f"--verify-steps must be 1 or more, not {verify_steps}")
-        flags = {
-            "model": model,
-            "input_shapes": tuple(parse_input_shape(s) for s in input_shape) if input_shape else None,
-            "inputs_path": inputs,
-            "targets_path": targets,
-            "loss": loss,
-            "steps": verify_steps,  # check's short run is what verifies; --steps here is the sweep's
-            "optimizer": optimizer,
-            "lr": lr,
-            "batch_size": batch_size,
-            "weights": weights,
-            "trust_pickle": trust_pickle or None,
-            "device": device,
-            "seed": seed,
-            "quiet": quiet,
-            "debug": debug or None,
-        }
-        settings = validate_settings(build_settings(flags, config))
+        # check's short run is what verifies; --steps here is the sweep's
+        settings = validate_settings(build_settings({**flags, "steps": verify_steps}))
         # check's report paths from [tool.diagnose] are not this command's: only --json is written
-        from dataclasses import replace
-
-        _require_writable(replace(settings, json_path=json_path, markdown_path=None, junit_path=None))
+        _require_writable(replace(settings, json_path=json_out, markdown_path=None, junit_path=None, html_path=None,
+                                  plot_dir=None))
 
         from diagnose import range_test  # imports torch: only here
         from diagnose.render.lr_find import render_lr_find_json, render_lr_find_text
@@ -318,17 +301,17 @@ def lr_find(
                 max_lr=range_test.DEFAULT_MAX_LR if max_lr is None else max_lr,
                 sweep_steps=range_test.DEFAULT_SWEEP_STEPS if sweep_steps is None else sweep_steps,
             )
-        human_stream = sys.stderr if json_path == "-" else sys.stdout
+        human_stream = sys.stderr if json_out == "-" else sys.stdout
         human_stream.write(_terminal_text(result, human_stream, render_lr_find_text))
         human_stream.flush()
-        if json_path == "-":
+        if json_out == "-":
             sys.stdout.write(render_lr_find_json(result))
             sys.stdout.flush()
-        elif json_path:
-            _write("--json", json_path, render_lr_find_json(result))
+        elif json_out:
+            _write("--json", json_out, render_lr_find_json(result))
         return result.exit_code
 
-    raise typer.Exit(_guarded(work, debug=debug))
+    raise typer.Exit(_guarded(work, debug=bool(flags.get("debug"))))
 
 
 # ---------------------------------------------------------------------------------------------

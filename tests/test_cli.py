@@ -319,6 +319,27 @@ def test_missing_config_file_exits_2(runner, fake_run, tmp_path):
     assert result.exit_code == 2 and "does not exist" in result.stderr
 
 
+def test_lr_find_does_not_check_the_report_paths_pyproject_gives_check(runner, known_ids, tmp_path, monkeypatch):
+    # html and plot in [tool.diagnose] name check's report, not lr-find's: a missing directory there
+    # must not stop lr-find, which writes only its own --json
+    pytest.importorskip("torch")
+    from diagnose import range_test
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "pyproject.toml").write_text(
+        '[tool.diagnose]\njunit = "no/dir/r.xml"\nhtml = "no/dir/r.html"\nplot = "no/dir/figures"\n')
+    seen = []
+
+    def run_lr_find(settings, **sweep):
+        seen.append(settings)
+        raise DiagnoseError("stopped after the checks of the options")
+
+    monkeypatch.setattr(range_test, "run_lr_find", run_lr_find)
+    result = runner.invoke(cli.app, ["lr-find", "model.pt2", "--verify-steps", "3"])
+    assert result.exit_code == 2 and "stopped after the checks of the options" in result.stderr, result.output
+    assert seen[0].steps == 3  # --verify-steps is check's short run
+
+
 # --- version, list, explain -------------------------------------------------------------------
 
 
