@@ -28,7 +28,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from probes.targets import DEAD_CAPABLE, SATURATION_BOUNDS
+from probes.activations import DYING_FAMILIES
+from probes.targets import SATURATION_BOUNDS
 
 # Columns of the per-layer totals: every per-call reduction is written in place (`out=`) into a
 # scratch cell and added into the layer's float64 totals, so a call creates no result tensors,
@@ -293,4 +294,4 @@ def saturation_bounds(family: str | None, min_val: float | None = None, max_val:
 
 
 def tracks_dead(family: str | None) -> bool:
-    return family in DEAD_CAPABLE
+    return family in DYING_FAMILIES

@@ -1,4 +1,5 @@
-"""Which modules and functions are probed, and what family of activation each one is."""
+"""Which modules and functions are probed: their kinds, eager type names, own parameters and init
+schemes (the activations' names and families are in probes/activations.py)."""
 
 from __future__ import annotations
 
@@ -8,87 +9,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-# Module class name -> activation family. Names, not classes, so that modules rebuilt by
-# torch.export.unflatten (InterpreterModule, original type only in node metadata) classify alike.
-ACTIVATION_MODULES: dict[str, str] = {
-    "ReLU": "relu",
-    "ReLU6": "relu6",
-    "LeakyReLU": "leaky_relu",
-    "PReLU": "prelu",
-    "RReLU": "rrelu",
-    "ELU": "elu",
-    "SELU": "selu",
-    "CELU": "celu",
-    "GELU": "gelu",
-    "SiLU": "silu",
-    "Mish": "mish",
-    "Softplus": "softplus",
-    "Sigmoid": "sigmoid",
-    "Tanh": "tanh",
-    "Hardtanh": "hardtanh",
-    "Hardsigmoid": "hardsigmoid",
-    "Hardswish": "hardswish",
-    "Softsign": "softsign",
-    "LogSigmoid": "logsigmoid",
-    # Hugging Face activation modules (transformers.activations). Without these, their forward
-    # would be opened up and e.g. the tanh inside GPT-2's NewGELUActivation reported as a tanh.
-    "GELUActivation": "gelu",
-    "NewGELUActivation": "gelu",
-    "FastGELUActivation": "gelu",
-    "QuickGELUActivation": "gelu",
-    "AccurateGELUActivation": "gelu",
-    "ClippedGELUActivation": "gelu",
-    "GELUTanh": "gelu",
-    "PytorchGELUTanh": "gelu",
-    "SiLUActivation": "silu",
-    "MishActivation": "mish",
-    "ReLUSquaredActivation": "relu",
-}
-
-# Function name (F.relu, torch.relu_, Tensor.sigmoid, aten.tanh.default, ...) -> family.
-# In-place variants end in "_"; aten overloads are matched on their packet name.
-ACTIVATION_FUNCTIONS: dict[str, str] = {
-    "relu": "relu",
-    "relu_": "relu",
-    "relu6": "relu6",
-    "leaky_relu": "leaky_relu",
-    "leaky_relu_": "leaky_relu",
-    "prelu": "prelu",
-    "_prelu_kernel": "prelu",
-    "rrelu": "rrelu",
-    "rrelu_": "rrelu",
-    "rrelu_with_noise": "rrelu",
-    "elu": "elu",
-    "elu_": "elu",
-    "selu": "selu",
-    "selu_": "selu",
-    "celu": "celu",
-    "celu_": "celu",
-    "gelu": "gelu",
-    "gelu_": "gelu",
-    "silu": "silu",
-    "silu_": "silu",
-    "mish": "mish",
-    "mish_": "mish",
-    "softplus": "softplus",
-    "sigmoid": "sigmoid",
-    "sigmoid_": "sigmoid",
-    "tanh": "tanh",
-    "tanh_": "tanh",
-    "hardtanh": "hardtanh",
-    "hardtanh_": "hardtanh",
-    "hardsigmoid": "hardsigmoid",
-    "hardsigmoid_": "hardsigmoid",
-    "hardswish": "hardswish",
-    "hardswish_": "hardswish",
-    "softsign": "softsign",
-    "logsigmoid": "logsigmoid",
-    "log_sigmoid": "logsigmoid",
-}
-
-# ReLU and ReLU6 pass exactly zero gradient below zero: a unit that never fires is dead.
-# Leaky variants, ELU, GELU, SiLU always pass some gradient, so they cannot die this way.
-DEAD_CAPABLE = frozenset({"relu", "relu6"})
+from probes.activations import ACTIVATION_FUNCTIONS, ACTIVATION_MODULES, RELU_LIKE
 
 # Bounded activations and the outputs counted as saturated (derivative ~0). The margins:
 # sigmoid at 0.01/0.99 has derivative < 0.0099 (4 % of its 0.25 peak); tanh at |y| > 0.99 has
@@ -103,11 +24,7 @@ SATURATION_BOUNDS: dict[str, tuple[float, float, bool]] = {
     "hardsigmoid": (0.0, 1.0, True),
 }
 
-# Families whose weights want He init (variance 2/fan_in): ReLU and its smooth or leaky cousins.
-HE_FAMILIES = frozenset(
-    {"relu", "relu6", "leaky_relu", "prelu", "rrelu", "elu", "celu", "gelu", "silu", "mish",
-     "softplus", "hardswish"}
-)
+# SELU's constants make unit variance a fixed point only with LeCun-normal weights (1/fan_in).
 LECUN_FAMILIES = frozenset({"selu"})
 
 LINEAR_TYPES = frozenset({"Linear", "LazyLinear", "Bilinear", "NonDynamicallyQuantizableLinear"})
@@ -268,7 +185,7 @@ def expected_std(scheme: str, fan_in: int, fan_out: int) -> float:
 
 
 def scheme_for(family: str | None) -> str:
-    if family in HE_FAMILIES:
+    if family in RELU_LIKE:  # He init
         return "he"
     if family in LECUN_FAMILIES:
         return "lecun"

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 from diagnose.checks._model import DECADES, Measure
 from diagnose.severity import Severity
+from probes.activations import RELU_LIKE, SATURATING  # noqa: F401 (the names the checks import from here)
 
 if TYPE_CHECKING:
     from diagnose.evidence import Evidence
@@ -26,9 +27,6 @@ FLOW_KINDS = ("linear", "conv", "recurrent", "attention", "embedding")
 STACK_KINDS = ("linear", "conv")
 # Records of these kinds break a plain stack: they reset or re-mix the signal's scale.
 STACK_BREAKERS = ("norm", "attention", "recurrent", "embedding")
-
-RELU_LIKE = ("relu", "relu6", "leaky_relu", "prelu", "rrelu", "elu", "celu", "gelu", "silu", "mish", "softplus", "hardswish")
-SATURATING = ("sigmoid", "tanh", "hardtanh", "hardsigmoid", "softsign", "logsigmoid")
 
 
 def by_index(layers: Iterable[LayerRecord]) -> list[LayerRecord]:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from probes import batched, targets, updates, weights
+from probes import activations, batched, targets, updates, weights
 from probes.records import ActivationStats, GradientStats, LayerRecord, WeightStats
 
 DOC = (Path(__file__).resolve().parents[2] / "docs" / "probes.md").read_text(encoding="utf-8")
@@ -46,7 +46,7 @@ def test_saturation_bands_are_the_documented_ones():
 
 
 def test_dead_capable_families_are_the_documented_ones():
-    assert targets.DEAD_CAPABLE == {"relu", "relu6"}
+    assert activations.DYING_FAMILIES == {"relu", "relu6"}
     assert "ReLU and ReLU6 outputs only" in DOC
 
 
@@ -64,6 +64,6 @@ def test_sampling_constants_are_the_documented_ones():
 def test_every_torch_activation_module_is_listed():
     from torch import nn
 
-    listed = [name for name in targets.ACTIVATION_MODULES if hasattr(nn, name)]
+    listed = [name for name in activations.ACTIVATION_MODULES if hasattr(nn, name)]
     assert len(listed) == 19
     assert [name for name in listed if f"`{name}`" not in DOC] == []
