@@ -7,8 +7,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from diagnose.config import OPTIONS
 from diagnose.errors import DiagnoseError, UnhealthyModel
 from diagnose.findings import Finding, FixSuggestion, Verification
+from diagnose.options import keyword_signature
 from diagnose.severity import Severity
 from diagnose.version import __version__
 
@@ -17,15 +19,18 @@ if TYPE_CHECKING:
     from diagnose.report import Report
 
 
-def check(model: Any, inputs: Any = None, **options: Any) -> "Report":
+def check(model: Any, inputs: Any = None, *, targets: Any = None, **options: Any) -> Report:
     """Probe `model` on `inputs` and return a `Report` (the same work as `diagnose check`).
 
-    Options: targets, loss ("auto" | "cross-entropy" | "mse" | callable), steps, optimizer, lr,
-    seed, device, batch_size, select, ignore, try_fixes, thresholds.
+    The options are the keywords of this signature, each declared once with its command-line flag
+    in `diagnose.config.Settings`; `loss` is "auto", "cross-entropy", "mse", MODULE:FN or a function.
     """
     from diagnose.api import check as _check
 
-    return _check(model, inputs, **options)
+    return _check(model, inputs, targets=targets, **options)
+
+
+check.__signature__ = keyword_signature(check, OPTIONS)  # type: ignore[attr-defined]
 
 
 def lr_find(model: Any, inputs: Any = None, **options: Any) -> "LRFindResult":

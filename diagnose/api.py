@@ -3,19 +3,19 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
 from diagnose import progress
-from diagnose.checks import run_checks, validate_ids
-from diagnose.config import Settings
+from diagnose.checks import get, resolve_thresholds, run_checks, validate_ids
+from diagnose.config import OPTIONS, Settings, settings_from_keywords
 from diagnose.errors import DiagnoseError
 from diagnose.evidence import Evidence
 from diagnose.loading import LoadedModel, load_model
 from diagnose.loading.inputs import Batch, make_batch, prepare_batch
+from diagnose.options import keyword_signature
 from diagnose.recommend import recommend
 from diagnose.report import Report
 from diagnose.run import collect_evidence, resolve_device
@@ -24,14 +24,24 @@ from diagnose.run import collect_evidence, resolve_device
 def run_check(settings: Settings) -> Report:
     """Everything `diagnose check MODEL` does, from a `Settings`."""
     started = time.perf_counter()
-    validate_ids(settings.select, settings.ignore, settings.thresholds, settings.per_layer_ignores)
-    loaded, batch = load_from_settings(settings)
-    return diagnose_loaded(loaded, batch, settings, started=started)
-
-
-def load_from_settings(settings: Settings) -> tuple[LoadedModel, Batch]:
-    """The model and the batch the command line's options name (MODEL, --weights, input options)."""
+    validate_check_options(settings)
     device = resolve_device(settings.device)
+    loaded, batch = load_from_settings(settings, device)
+    return diagnose_loaded(loaded, batch, settings, device, started=started)
+
+
+def validate_check_options(settings: Settings) -> None:
+    """Every check id and threshold name the settings give is a real one: said before the model loads,
+    so a typo costs no load and no probe run."""
+    validate_ids(settings.select, settings.ignore, settings.thresholds, settings.per_layer_ignores)
+    for check_id, overrides in settings.thresholds.items():
+        resolve_thresholds(get(check_id), overrides)
+
+
+def load_from_settings(settings: Settings, device: torch.device | None = None) -> tuple[LoadedModel, Batch]:
+    """The model and the batch the command line's options name (MODEL, --weights, input options),
+    on `device` (default: the one `settings.device` resolves to)."""
+    device = resolve_device(settings.device) if device is None else device
     progress.stage(f"loading {settings.model}")
     loaded = load_model(
         settings.model, weights=settings.weights, trust_pickle=settings.trust_pickle, device=str(device)
@@ -49,59 +59,28 @@ def load_from_settings(settings: Settings) -> tuple[LoadedModel, Batch]:
     return loaded, batch
 
 
-def check(
-    model: nn.Module | str,
-    inputs: Any = None,
-    *,
-    targets: Any = None,
-    loss: str | Callable = "auto",
-    steps: int = 0,
-    optimizer: str = "sgd",
-    lr: float = 0.01,
-    seed: int = 0,
-    device: str = "auto",
-    batch_size: int | None = None,
-    input_shapes: Sequence[Sequence[int]] = (),
-    select: Sequence[str] = (),
-    ignore: Sequence[str] = (),
-    try_fixes: bool = False,
-    thresholds: Mapping[str, Mapping[str, float]] | None = None,
-    per_layer_ignores: Mapping[str, Sequence[str]] | None = None,
-    weights: str | None = None,
-    trust_pickle: bool = False,
-) -> Report:
+def check(model: nn.Module | str, inputs: Any = None, *, targets: Any = None, **options: Any) -> Report:
     """Diagnose `model` (a module, or any MODEL form the CLI takes) on `inputs`.
 
     `inputs`: a tensor, a tuple/list of tensors (positional), or a dict (keyword inputs); None
-    uses the model's own example inputs or `input_shapes`. The module is never modified.
+    uses the model's own example inputs or `input_shapes`. The module is never modified. The
+    options are the keywords of the signature, declared with the command line's flags in
+    `diagnose.config.Settings` (`loss` may also be a function `loss(output, targets)`); a value
+    that cannot work, an unknown check id or threshold name raises `DiagnoseError` before the
+    model is loaded.
     """
     started = time.perf_counter()
-    if steps < 0:
-        raise DiagnoseError(f"steps must be >= 0, got {steps}")
-    settings = Settings(
-        model=model if isinstance(model, str) else type(model).__name__,
-        input_shapes=tuple(tuple(int(d) for d in s) for s in input_shapes),
-        loss=loss if isinstance(loss, str) else "custom",
-        steps=int(steps),
-        optimizer=optimizer,
-        lr=float(lr),
-        batch_size=batch_size,
-        weights=weights,
-        trust_pickle=trust_pickle,
-        device=device,
-        seed=int(seed),
-        select=tuple(select),
-        ignore=tuple(ignore),
-        try_fixes=try_fixes,
-        thresholds=dict(thresholds or {}),
-        per_layer_ignores={k: tuple(v) for k, v in (per_layer_ignores or {}).items()},
-    )
-    validate_ids(settings.select, settings.ignore, settings.thresholds, settings.per_layer_ignores)
+    settings = settings_from_keywords(options, model=model if isinstance(model, str) else type(model).__name__)
+    validate_check_options(settings)
+    device = resolve_device(settings.device)
     loaded, batch = load_with_batch(
-        model, inputs, targets, weights=weights, trust_pickle=trust_pickle, device=device,
-        input_shapes=settings.input_shapes, batch_size=batch_size, seed=seed,
+        model, inputs, targets, weights=settings.weights, trust_pickle=settings.trust_pickle, device=device,
+        input_shapes=settings.input_shapes, batch_size=settings.batch_size, seed=settings.seed,
     )
-    return diagnose_loaded(loaded, batch, settings, started=started, loss=loss)
+    return diagnose_loaded(loaded, batch, settings, device, started=started)
+
+
+check.__signature__ = keyword_signature(check, OPTIONS)  # type: ignore[attr-defined]
 
 
 def load_with_batch(
@@ -111,14 +90,15 @@ def load_with_batch(
     *,
     weights: str | None,
     trust_pickle: bool,
-    device: str,
+    device: str | torch.device,
     input_shapes: tuple[tuple[int, ...], ...],
     batch_size: int | None,
     seed: int,
 ) -> tuple[LoadedModel, Batch]:
     """The model and the batch of a Python call: `inputs`/`targets` as objects, or (inputs None)
-    the model's own examples or `input_shapes`, with `targets` when given."""
-    resolved = resolve_device(device)
+    the model's own examples or `input_shapes`, with `targets` when given. `device`: a resolved
+    one, or a name to resolve."""
+    resolved = device if isinstance(device, torch.device) else resolve_device(device)
     loaded = load_model(model, weights=weights, trust_pickle=trust_pickle, device=str(resolved))
     if inputs is None:
         batch = prepare_batch(
@@ -135,14 +115,11 @@ def load_with_batch(
 
 
 def diagnose_loaded(
-    loaded: LoadedModel, batch: Batch, settings: Settings, *, started: float, loss: Any = None
+    loaded: LoadedModel, batch: Batch, settings: Settings, device: torch.device, *, started: float
 ) -> Report:
-    if loss is not None and not isinstance(loss, str):
-        from dataclasses import replace
-
-        settings = replace(settings, loss=loss)  # a callable loss from the Python API
+    """Probe, judge and advise on a loaded model and its batch on `device` (resolved once, by the caller)."""
     progress.announce(_plan(batch, settings))
-    evidence, workload = collect_evidence(loaded, batch, settings)
+    evidence, workload = collect_evidence(loaded, batch, settings, device)
     findings, checks_run = run_checks(
         evidence,
         select=settings.select,

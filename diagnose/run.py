@@ -292,8 +292,11 @@ def _rng_devices(device: torch.device) -> list:
     return [device] if device.type == "cuda" else []
 
 
-def collect_evidence(loaded: LoadedModel, batch: Batch, settings: Settings) -> tuple[Evidence, Workload]:
-    device = resolve_device(settings.device)
+def collect_evidence(
+    loaded: LoadedModel, batch: Batch, settings: Settings, device: torch.device | None = None
+) -> tuple[Evidence, Workload]:
+    """Probe `loaded` on `batch` on `device` (the caller's resolved one; default: `settings.device` resolved)."""
+    device = resolve_device(settings.device) if device is None else device
     workload = Workload(
         batch=batch, loss=settings.loss, steps=settings.steps, optimizer=settings.optimizer,
         lr=settings.lr, seed=settings.seed, device=device,

@@ -166,3 +166,47 @@ def test_an_unknown_check_id_fails_before_the_model_is_built(monkeypatch):
         diagnose.check(torch.nn.Linear(2, 2), torch.zeros(1, 2), select=["dead-reul"])
     with pytest.raises(diagnose.DiagnoseError, match="unknown check id in thresholds"):
         diagnose.check(torch.nn.Linear(2, 2), torch.zeros(1, 2), thresholds={"nope": {}})
+
+
+class _CountingForward(nn.Module):
+    """Counts its forward calls: a check id typo must cost none."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(2, 2)
+        self.calls = 0
+
+    def forward(self, x):
+        self.calls += 1
+        return self.fc(x)
+
+
+@pytest.mark.parametrize("options, words", [
+    ({"select": ["dead-reul"]}, "dead-reul"),
+    ({"ignore": "nope"}, "nope"),
+    ({"thresholds": {"nope": {"x": 1.0}}}, "unknown check id in thresholds"),
+    ({"thresholds": {"dead-relu": {"dead_fraktion": 0.6}}}, "valid names: dead_fraction"),
+    ({"per_layer_ignores": {"fc": ["nope"]}}, "per-layer ignores"),
+])
+def test_a_bad_check_id_or_threshold_name_raises_before_the_model_runs(options, words):
+    model = _CountingForward()
+    with pytest.raises(diagnose.DiagnoseError, match=words):
+        diagnose.check(model, torch.zeros(4, 2), **options)
+    assert model.calls == 0
+
+
+def test_the_device_is_resolved_once(monkeypatch):
+    import diagnose.api
+    import diagnose.run
+
+    calls = []
+    real = diagnose.run.resolve_device
+
+    def counting(requested):
+        calls.append(requested)
+        return real(requested)
+
+    monkeypatch.setattr(diagnose.api, "resolve_device", counting)
+    monkeypatch.setattr(diagnose.run, "resolve_device", counting)
+    diagnose.check(_mlp(), torch.randn(8, 16), device="cpu")
+    assert calls == ["cpu"]
