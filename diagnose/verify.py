@@ -129,7 +129,7 @@ def measure_evidence(module: "nn.Module", workload: "Workload", template: Eviden
 
 
 def _try(fix_id: str, module, workload, layers, baseline: Evidence) -> _Outcome:
-    from diagnose.fixes.apply import FixNotApplicable, apply_fix
+    from diagnose.fixes.trial import FixNotApplicable, apply_fix
 
     try:
         trial = apply_fix(fix_id, module, workload, layers, run=baseline.loss)

@@ -1,4 +1,4 @@
-"""Each fix transformation of `diagnose.fixes.apply`, on eager and exported models.
+"""Each fix's applier (`diagnose.fixes.apply_fix`), on eager and exported models.
 
 The transformations are checked by direct evaluation against models rebuilt by hand (the same
 weights with ReLU, a BatchNorm placed by hand...) and through the probes' records; the user's
@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import copy
 import math
+import subprocess
+import sys
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import torch
@@ -17,11 +20,8 @@ from torch import nn
 from torch.nn import functional as F
 
 import probes
-from diagnose.fixes.apply import (
-    FixNotApplicable,
-    apply_fix,
-)
 from diagnose.evidence import LossTrace
+from diagnose.fixes import FixNotApplicable, apply_fix
 from diagnose.fixes.optimization import ADAM_LR, DEFAULT_CLIP_NORM, measured_clip_norm
 from diagnose.loading import load_model
 from diagnose.loading.inputs import make_batch
@@ -450,6 +450,35 @@ def test_fixes_that_cannot_be_automated_say_so(fix_id, x):
     assert str(raised.value)
 
 
+def test_every_fix_has_its_applier_or_says_why_it_has_none():
+    from diagnose.fixes import FIXES, Fix
+
+    for fix in FIXES.values():
+        assert callable(fix.apply) != bool(fix.not_applicable and fix.not_applicable.strip()), fix.id
+    # the choice is made where the fix is declared: neither (or both) is refused there
+    declared = {"id": "x", "title": "x", "summary": "x", "rationale": "x", "doc": "x", "snippet": str}
+    with pytest.raises(TypeError, match="exactly one"):
+        Fix(**declared)
+    with pytest.raises(TypeError, match="exactly one"):
+        Fix(**declared, apply=apply_fix, not_applicable="why")
+
+
+def test_a_fix_declared_not_applicable_gives_its_own_reason(x):
+    from diagnose.fixes import FIXES
+
+    model = nn.Sequential(nn.Linear(IN, OUT))
+    with pytest.raises(FixNotApplicable) as raised:
+        apply_fix("lr-schedule", model, _workload(x), _records(model, x))
+    assert str(raised.value) == FIXES["lr-schedule"].not_applicable
+
+
+def test_the_catalog_and_the_activation_families_import_without_torch():
+    code = "import sys, diagnose.fixes, probes.activations; print('torch' in sys.modules)"
+    proc = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[1],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.stdout.strip() == "False", proc.stderr
+
+
 # ---------------------------------------------------------------------------------------------
 # Gradient clipping at a measured threshold
 
@@ -558,7 +587,7 @@ class _ConvBottleneck(nn.Module):
 
 
 def test_widen_layer_rebuilds_conv_bn_act_conv_keeping_the_norms_statistics():
-    from diagnose.fixes.apply import widen_layer
+    from diagnose.fixes._widen import widen_layer
 
     torch.manual_seed(0)
     model = _ConvBottleneck()

@@ -440,7 +440,7 @@ def counted_range_tests(monkeypatch):
 
 
 def test_the_lr_fixes_name_the_range_tests_rates_and_share_one_test(counted_range_tests):
-    from diagnose.fixes.apply import apply_fix
+    from diagnose.fixes import apply_fix
 
     model, workload = _mlp(), _fix_workload(10.0)  # lr 10 diverges on this MLP
     lower = apply_fix("lower-lr", model, workload, [])
@@ -465,7 +465,7 @@ def test_the_lr_fixes_name_the_range_tests_rates_and_share_one_test(counted_rang
 
 
 def test_the_range_test_is_run_again_once_the_weights_change(counted_range_tests):
-    from diagnose.fixes.apply import apply_fix
+    from diagnose.fixes import apply_fix
 
     model, workload = _mlp(), _fix_workload(1e-4)
     apply_fix("higher-lr", model, workload, [])

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 import diagnose
-from diagnose.fixes.apply import apply_fix
+from diagnose.fixes import apply_fix
 from diagnose.checks import DECADES, Measure
 from diagnose.verify import VERIFY_STEPS
 

@@ -1,36 +1,17 @@
-"""The fix catalog: every fix id with its title, one-line summary, rationale, docs and snippet.
+"""The fix catalog: every fix id with its title, one-line summary, rationale, docs, snippet and the
+applier `--try-fixes` runs (`apply_fix`).
 
-Importing this package does not import torch (`apply.py`, which does, is imported only by
-`--try-fixes`).
+Each fix lives in one catalog module (init_schemes, activations, normalization, optimization,
+inputs, architecture) with its doc, snippet and applier. Importing this package does not import
+torch: the appliers import it, and the private modules that change a model's tree, when they run.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from types import MappingProxyType
-
-from diagnose.fixes import activations, architecture, init_schemes, inputs, normalization, optimization
 from diagnose.fixes._model import ActivationCall, Fix, FixTarget, Widening
+from diagnose.fixes.catalog import FIX_IDS, FIXES
+from diagnose.fixes.trial import FixNotApplicable, FixTrial, apply_fix
 
-_ALL: tuple[Fix, ...] = (
-    init_schemes.FIXES
-    + activations.FIXES
-    + normalization.FIXES
-    + optimization.FIXES
-    + inputs.FIXES
-    + architecture.FIXES
-)
-
-# Contract order (CONTRACT.md "Fix ids").
-FIX_IDS: tuple[str, ...] = (
-    "he-init", "glorot-init", "lecun-init", "relu", "leaky-relu", "elu", "selu", "batch-norm",
-    "gradient-clipping", "lower-lr", "higher-lr", "lr-warmup", "lr-schedule", "normalize-inputs",
-    "fix-bias-init", "residual-connections", "widen-layer", "change-optimizer",
-)
-
-FIXES: Mapping[str, Fix] = MappingProxyType({fix_id: next(f for f in _ALL if f.id == fix_id) for fix_id in FIX_IDS})
-
-if set(FIXES) != {f.id for f in _ALL}:  # a catalog module added a fix the table does not list
-    raise RuntimeError("diagnose.fixes: FIX_IDS and the catalog modules disagree")
-
-__all__ = ["FIXES", "FIX_IDS", "ActivationCall", "Fix", "FixTarget", "Widening"]
+__all__ = [
+    "FIXES", "FIX_IDS", "ActivationCall", "Fix", "FixNotApplicable", "FixTarget", "FixTrial", "Widening", "apply_fix",
+]

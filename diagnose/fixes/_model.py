@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from diagnose.fixes.trial import FixTrial
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -62,7 +66,12 @@ class FixTarget:
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Fix:
     """A catalog entry. `doc` is Markdown in the anatomy What it does / Why it works / When not to
-    use / Example; `rationale` is the one-paragraph reason shown next to a finding."""
+    use / Example; `rationale` is the one-paragraph reason shown next to a finding.
+
+    `--try-fixes` runs `apply(fix_id, module, workload, layers, run) -> FixTrial` (see
+    `diagnose.fixes.trial`), which raises FixNotApplicable when this model does not allow it. A fix
+    no program can apply soundly says why in `not_applicable` instead: exactly one of the two.
+    """
 
     id: str
     title: str
@@ -70,6 +79,12 @@ class Fix:
     rationale: str
     doc: str
     snippet: Callable[[FixTarget], str] = field(repr=False)
+    apply: Callable[..., FixTrial] | None = field(default=None, repr=False)
+    not_applicable: str | None = None
+
+    def __post_init__(self) -> None:
+        if (self.apply is None) == (self.not_applicable is None):
+            raise TypeError(f"fix {self.id!r} needs exactly one of apply= and not_applicable=")
 
 
 def name_list(names: Sequence[str]) -> str:

@@ -3,8 +3,17 @@
 from __future__ import annotations
 
 import textwrap
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from diagnose.fixes._model import Fix, FixTarget, layer_loop, name_list
+from diagnose.fixes.trial import FixNotApplicable, on_a_copy
+from probes.activations import ALL_FAMILIES, DYING_FAMILIES, SATURATING
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from probes.records import LayerRecord
 
 
 # Comment lines fit an 80-column terminal: the report never wraps a snippet (a wrapped line would
@@ -136,6 +145,68 @@ def _selu_snippet(target: FixTarget) -> str:
     )
 
 
+# What each fix swaps in, the families it replaces (a unit of a dying family can be cured by the
+# non-dying ones; SELU's self-normalisation needs every hidden activation to be SELU), and the init
+# the new activation needs.
+_SWAPS: dict[str, tuple[str, frozenset[str], str]] = {
+    "relu": ("relu", SATURATING, "he"),
+    "leaky-relu": ("leaky_relu", SATURATING | DYING_FAMILIES, "he"),
+    "elu": ("elu", SATURATING | DYING_FAMILIES, "he"),
+    "selu": ("selu", ALL_FAMILIES - {"selu"}, "lecun"),
+}
+
+
+def _swap_in(fix_id: str, model: nn.Module, layers: Sequence[LayerRecord]) -> str:
+    """Replace the hidden activations (modules and function calls) and re-initialise for the new one."""
+    from diagnose.fixes._swap import Swap, swap_activations
+
+    return swap_activations(model, Swap(*_SWAPS[fix_id]), layers)
+
+
+def _make_self_normalizing(fix_id: str, model: nn.Module, layers: Sequence[LayerRecord]) -> str:
+    """A plain dense SELU stack, as self-normalisation needs it.
+
+    Every hidden activation becomes SELU, norm layers go (SELU does their job, and they break its
+    fixed point), Dropout becomes AlphaDropout (which keeps the mean and variance SELU relies on),
+    and the weights are drawn LeCun-normal.
+    """
+    from torch import nn
+
+    from diagnose.fixes._reinit import reinitialize
+    from diagnose.fixes._surgery import module_nodes, set_submodule
+
+    structural = sorted({r.type for r in layers if r.kind in ("conv", "recurrent", "attention")})
+    if structural:
+        raise FixNotApplicable(
+            f"SELU's self-normalisation holds for plain dense stacks; this model has {', '.join(structural)} layers"
+        )
+    parts = []
+    try:
+        parts.append(_swap_in(fix_id, model, layers))
+    except FixNotApplicable:
+        pass  # every hidden activation is SELU already
+    norms = dropouts = 0
+    for node in module_nodes(model):
+        if not node.name:
+            continue
+        if node.kind == "norm":
+            set_submodule(model, node.name, nn.Identity())
+            norms += 1
+        elif node.type_name == "Dropout":
+            set_submodule(model, node.name, nn.AlphaDropout(getattr(node.module, "p", 0.0)))
+            dropouts += 1
+    if norms:
+        parts.append(f"removed {norms} norm layer{'s' if norms != 1 else ''}")
+    if dropouts:
+        parts.append(f"{dropouts} Dropout -> AlphaDropout")
+    if not parts:
+        raise FixNotApplicable("the model already is a plain SELU stack without norm layers or plain dropout")
+    if not any("initialisation" in part for part in parts):
+        count = reinitialize(model, "lecun")
+        parts.append(f"LeCun initialisation on {count} layers")
+    return "; ".join(parts)
+
+
 RELU = Fix(
     id="relu",
     title="Replace saturating activations with ReLU",
@@ -169,6 +240,7 @@ for m in model:
 ```
 """,
     snippet=_relu_snippet,
+    apply=on_a_copy(_swap_in),
 )
 
 LEAKY_RELU = Fix(
@@ -200,6 +272,7 @@ nn.init.kaiming_normal_(model[0].weight, a=0.01, nonlinearity="leaky_relu")
 ```
 """,
     snippet=_leaky_snippet,
+    apply=on_a_copy(_swap_in),
 )
 
 ELU = Fix(
@@ -230,6 +303,7 @@ model = nn.Sequential(nn.Linear(128, 128), nn.ELU(), nn.Linear(128, 10))
 ```
 """,
     snippet=_elu_snippet,
+    apply=on_a_copy(_swap_in),
 )
 
 SELU = Fix(
@@ -265,6 +339,7 @@ model = nn.Sequential(*layers, nn.Linear(256, 10))
 ```
 """,
     snippet=_selu_snippet,
+    apply=on_a_copy(_make_self_normalizing),
 )
 
 FIXES = (RELU, LEAKY_RELU, ELU, SELU)

@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
 from diagnose.fixes._model import Fix, FixTarget
+from diagnose.fixes.trial import FixNotApplicable, on_a_copy
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from probes.records import LayerRecord
 
 
 def _residual_snippet(target: FixTarget) -> str:
@@ -38,6 +47,29 @@ def _widen_snippet(target: FixTarget) -> str:
     for name, width in target.widths:
         lines.append(f"# {name}: {width} units; e.g. {max(width * 8, 64)} instead, and the next layer's in_features to match")
     return "\n".join(lines)
+
+
+def _widen_bottlenecks(fix_id: str, model: nn.Module, layers: Sequence[LayerRecord]) -> str:
+    """Widen each bottleneck the check finds to its narrower neighbour's width (and the next layer's input)."""
+    from diagnose.checks.bottleneck_layer import bottlenecks
+    from diagnose.fixes._widen import widen_layer
+
+    pairs = bottlenecks(layers)
+    if not pairs:
+        raise FixNotApplicable("no layer is narrow enough next to its neighbours to widen")
+    done, reasons = [], []
+    for narrow, following in pairs:
+        width = min(narrow.weight.fan_in, following.weight.fan_out)
+        try:
+            widen_layer(model, narrow.name, following.name, width, layers)
+        except FixNotApplicable as exc:
+            reasons.append(str(exc))
+            continue
+        done.append(f"{narrow.name} {narrow.weight.fan_out} -> {width} units")
+    if not done:
+        raise FixNotApplicable("; ".join(reasons))
+    skipped = f"; not widened: {'; '.join(reasons)}" if reasons else ""
+    return f"widened {', '.join(done)} (and the next layer's inputs), existing weights kept{skipped}"
 
 
 RESIDUAL_CONNECTIONS = Fix(
@@ -76,6 +108,10 @@ class Residual(nn.Module):
 ```
 """,
     snippet=_residual_snippet,
+    not_applicable=(
+        "adding skip connections changes the model's structure and needs matching shapes at "
+        "each junction; add them in the model's code"
+    ),
 )
 
 WIDEN_LAYER = Fix(
@@ -112,6 +148,7 @@ model = nn.Sequential(nn.Linear(784, 512), nn.ReLU(), nn.Linear(512, 256), nn.Re
 ```
 """,
     snippet=_widen_snippet,
+    apply=on_a_copy(_widen_bottlenecks),
 )
 
 FIXES = (RESIDUAL_CONNECTIONS, WIDEN_LAYER)

@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
 from diagnose.fixes._model import Fix, FixTarget, layer_loop, name_list
+from diagnose.fixes.trial import FixNotApplicable, on_a_copy
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from probes.records import LayerRecord
 
 _RELU_NONLINEARITY = {"leaky_relu": "leaky_relu", "prelu": "leaky_relu", "rrelu": "leaky_relu"}
 
@@ -116,6 +125,51 @@ def _bias_snippet(target: FixTarget) -> str:
     return text
 
 
+# The scheme each init fix draws from (probes.targets' names), and how its change names it.
+_SCHEMES = {"he-init": ("he", "He"), "glorot-init": ("glorot", "Glorot"), "lecun-init": ("lecun", "LeCun")}
+
+
+def _reinitialize(fix_id: str, model: nn.Module, layers: Sequence[LayerRecord]) -> str:
+    """Re-draw the layers whose activation wants this fix's scheme, biases zeroed."""
+    from diagnose.fixes._reinit import reinitialize, reinitialize_recurrent
+    from probes.targets import scheme_for
+
+    scheme, label = _SCHEMES[fix_id]
+    # The layers whose activation wants this scheme (He for ReLU-like, LeCun for SELU, Glorot for
+    # the rest), as the recommender groups them; when none does, the user asked for the scheme
+    # everywhere.
+    wanting = {
+        r.name for r in layers
+        if r.kind in ("linear", "conv") and r.source == "module" and scheme_for(r.followed_by) == scheme
+    }
+    # Recurrent layers run tanh/sigmoid inside: Glorot's, with orthogonal recurrent weights.
+    recurrent = {r.name for r in layers if r.kind == "recurrent"} if scheme == "glorot" else set()
+    done = []
+    if wanting or not recurrent:
+        count = reinitialize(model, scheme, only=wanting or None)
+        done.append(f"{label} initialisation on {count} layer{'s' if count != 1 else ''}, biases zeroed")
+    if recurrent:
+        count = reinitialize_recurrent(model, recurrent)
+        done.append(f"Glorot input and orthogonal recurrent weights in {count} recurrent "
+                    f"layer{'s' if count != 1 else ''}")
+    return "; ".join(done)
+
+
+def _reset_biases(fix_id: str, model: nn.Module, layers: Sequence[LayerRecord]) -> str:
+    """Every linear/conv bias to zero, the neutral start that puts no unit in a dead or flat zone;
+    an LSTM's forget gate to +1."""
+    from diagnose.fixes._reinit import reset_forget_gates, zero_biases
+
+    count = zero_biases(model)
+    lstms = reset_forget_gates(model)
+    if count == 0 and lstms == 0:
+        raise FixNotApplicable("the model's linear, convolution and LSTM layers have no biases to reset")
+    done = [f"biases of {count} layer{'s' if count != 1 else ''} reset to zero"] if count else []
+    if lstms:
+        done.append(f"forget-gate bias of {lstms} LSTM{'s' if lstms != 1 else ''} set to +1")
+    return "; ".join(done)
+
+
 HE_INIT = Fix(
     id="he-init",
     title="Use He (Kaiming) initialization",
@@ -150,6 +204,7 @@ for layer in model.modules():
 ```
 """,
     snippet=_he_snippet,
+    apply=on_a_copy(_reinitialize),
 )
 
 GLOROT_INIT = Fix(
@@ -186,6 +241,7 @@ for layer in model.modules():
 ```
 """,
     snippet=_glorot_snippet,
+    apply=on_a_copy(_reinitialize),
 )
 
 LECUN_INIT = Fix(
@@ -219,6 +275,7 @@ for layer in model.modules():
 ```
 """,
     snippet=_lecun_snippet,
+    apply=on_a_copy(_reinitialize),
 )
 
 FIX_BIAS_INIT = Fix(
@@ -258,6 +315,7 @@ for layer in model.modules():
 ```
 """,
     snippet=_bias_snippet,
+    apply=on_a_copy(_reset_biases),
 )
 
 FIXES = (HE_INIT, GLOROT_INIT, LECUN_INIT, FIX_BIAS_INIT)

@@ -2,7 +2,23 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import replace
+from typing import TYPE_CHECKING
+
 from diagnose.fixes._model import Fix, FixTarget
+from diagnose.fixes.trial import FixNotApplicable, FixTrial
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from diagnose.evidence import LossTrace
+    from diagnose.loading.inputs import Batch
+    from diagnose.run import Workload
+    from probes.records import LayerRecord
+
+# Input standardisation divides by the std; a constant feature would divide by zero.
+MIN_STD = 1e-8
 
 
 def _normalize_snippet(target: FixTarget) -> str:
@@ -23,6 +39,56 @@ def _normalize_snippet(target: FixTarget) -> str:
         "# images: torchvision.transforms.Normalize(mean=per_channel_mean, std=per_channel_std)\n"
         "# and drop or impute rows with NaN/Inf first: x = x[torch.isfinite(x).all(dim=1)]"
     )
+
+
+def _standardize_inputs(
+    fix_id: str, module: nn.Module, workload: Workload, layers: Sequence[LayerRecord], run: LossTrace | None
+) -> FixTrial:
+    """The same model on the batch standardised (the model is left as it is)."""
+    batch, change = standardize_batch(workload.batch)
+    return FixTrial(module=module, workload=replace(workload, batch=batch), change=change)
+
+
+def standardize_batch(batch: Batch) -> tuple[Batch, str]:
+    """The batch with each floating input standardised: per feature (N, F), per channel (N, C, ...).
+
+    Statistics come from the finite entries; a NaN/Inf entry is imputed with its feature's mean
+    (0 once standardised), as the snippet for non-finite inputs does.
+    """
+    import torch
+
+    from diagnose.loading.inputs import describe_input
+
+    changed = 0
+    imputed = 0
+
+    def standardize(value):
+        nonlocal changed, imputed
+        if not isinstance(value, torch.Tensor) or not value.is_floating_point() or value.dim() == 0 or value.shape[0] < 2:
+            return value
+        dims = [0] + list(range(2, value.dim())) if value.dim() >= 2 else [0]
+        finite = torch.isfinite(value)
+        count = finite.sum(dim=dims, keepdim=True).clamp_min(1)
+        mean = torch.where(finite, value, 0.0).sum(dim=dims, keepdim=True) / count
+        centred = torch.where(finite, value - mean, 0.0)
+        std = (centred.pow(2).sum(dim=dims, keepdim=True) / count).sqrt().clamp_min(MIN_STD)
+        changed += 1
+        imputed += int((~finite).sum())
+        return centred / std
+
+    args = tuple(standardize(a) for a in batch.args)
+    kwargs = {k: standardize(v) for k, v in batch.kwargs.items()}
+    if changed == 0:
+        raise FixNotApplicable("the model has no floating-point input to standardise (token ids stay as they are)")
+    # The input stats (what unnormalized-inputs judges) follow the new tensors, same names and order.
+    tensors = [v for v in (*args, *kwargs.values()) if isinstance(v, torch.Tensor)]
+    stats = tuple(
+        describe_input(old.name, tensor, synthetic=old.synthetic) for old, tensor in zip(batch.stats, tensors)
+    )
+    change = f"standardised {changed} input{'s' if changed != 1 else ''} to zero mean, unit variance per feature"
+    if imputed:
+        change += f"; {imputed} NaN/Inf entries imputed with their feature's mean"
+    return replace(batch, args=args, kwargs=kwargs, stats=stats), change
 
 
 NORMALIZE_INPUTS = Fix(
@@ -57,6 +123,7 @@ train_x, test_x = (train_x - mean) / std, (test_x - mean) / std
 ```
 """,
     snippet=_normalize_snippet,
+    apply=_standardize_inputs,
 )
 
 FIXES = (NORMALIZE_INPUTS,)

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING
 
 from diagnose.fixes._model import FixTarget
 from diagnose.fixes.optimization import higher_lr_snippet, lower_lr_snippet, warmup_snippet
+from diagnose.fixes.trial import FixTrial
 
 if TYPE_CHECKING:
     from torch import nn
@@ -36,7 +37,6 @@ if TYPE_CHECKING:
     from diagnose.range_test import LRFindResult
     from diagnose.run import Workload
 
-LR_FIXES = ("lower-lr", "higher-lr", "lr-warmup")
 # The sweep under --try-fixes: 40 steps, 5-6 per decade over the default range (the density the
 # suggestion rule was also measured at, benchmarks/lr_find_accuracy.py), instead of the command's
 # 100: --try-fixes must stay seconds to a minute on CPU, and the short runs decide anyway.
@@ -49,26 +49,18 @@ FALLBACK_FACTOR = 10.0
 _cache: list["_Entry"] = []
 
 
-@dataclass(frozen=True, slots=True)
-class LRChange:
-    """What an LR fix does to the run: the new workload, the change in words, the snippet."""
-
-    workload: "Workload"
-    change: str
-    snippet: str
-
-
-def apply_lr_fix(fix_id: str, module: "nn.Module", workload: "Workload") -> LRChange:
-    """The workload with the rate (or warm-up) the range test measured for `fix_id`."""
+def apply_lr_fix(fix_id: str, module: "nn.Module", workload: "Workload") -> FixTrial:
+    """The same model under the rate (or warm-up) the range test measured for `fix_id`."""
     found = range_test_for(module, workload)
     if fix_id == "lr-warmup":
-        return _warm_up(found, workload)
+        return _warm_up(found, module, workload)
     lower = fix_id == "lower-lr"
     # the loss numbers are left to the verification that follows: it measures the same run
     lr, why = _lower(found, workload) if lower else _higher(found, workload)
     target = FixTarget(optimizer=workload.optimizer, lr=workload.lr, proposed_lr=lr)
     snippet = lower_lr_snippet(target) if lower else higher_lr_snippet(target)
-    return LRChange(replace(workload, lr=lr), f"learning rate {workload.lr:g} -> {lr:.3g} ({why})", snippet)
+    return FixTrial(module=module, workload=replace(workload, lr=lr),
+                    change=f"learning rate {workload.lr:g} -> {lr:.3g} ({why})", snippet=snippet)
 
 
 def _lower(found: "LRFindResult", workload: "Workload") -> tuple[float, str]:
@@ -111,7 +103,7 @@ def _higher(found: "LRFindResult", workload: "Workload") -> tuple[float, str]:
     return workload.lr * FALLBACK_FACTOR, "the range test tried no higher rate; one decade"
 
 
-def _warm_up(found: "LRFindResult", workload: "Workload") -> LRChange:
+def _warm_up(found: "LRFindResult", module: "nn.Module", workload: "Workload") -> FixTrial:
     """The current rate, reached by a linear ramp whose first step is no larger than the safe rate."""
     start = _safe_rate(found)
     if start is None or start >= workload.lr:
@@ -131,7 +123,8 @@ def _warm_up(found: "LRFindResult", workload: "Workload") -> LRChange:
             why += f"; the ramp outlasts the {workload.steps}-step run"
     target = FixTarget(optimizer=workload.optimizer, lr=workload.lr, proposed_lr=start, warmup_steps=steps)
     change = f"learning rate {workload.lr:g} warmed up linearly over the first {steps} steps ({why})"
-    return LRChange(replace(workload, warmup_steps=steps), change, warmup_snippet(target))
+    return FixTrial(module=module, workload=replace(workload, warmup_steps=steps), change=change,
+                    snippet=warmup_snippet(target))
 
 
 def range_test_for(module: "nn.Module", workload: "Workload") -> "LRFindResult":

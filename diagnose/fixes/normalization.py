@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
 from diagnose.fixes._model import Fix, FixTarget, name_list
+from diagnose.fixes.trial import on_a_copy
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from probes.records import LayerRecord
 
 
 def _batch_norm_snippet(target: FixTarget) -> str:
@@ -23,6 +32,13 @@ def _batch_norm_snippet(target: FixTarget) -> str:
         "    layer = getattr(parent, child)\n"
         f"    setattr(parent, child, nn.Sequential(layer, {norm}))"
     )
+
+
+def _insert_batch_norm(fix_id: str, model: nn.Module, layers: Sequence[LayerRecord]) -> str:
+    """A BatchNorm between each hidden linear/conv layer and its activation."""
+    from diagnose.fixes._surgery import insert_batch_norm
+
+    return insert_batch_norm(model, layers)
 
 
 BATCH_NORM = Fix(
@@ -60,6 +76,7 @@ model = nn.Sequential(
 ```
 """,
     snippet=_batch_norm_snippet,
+    apply=on_a_copy(_insert_batch_norm),
 )
 
 FIXES = (BATCH_NORM,)

@@ -4,8 +4,18 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import replace
+from typing import TYPE_CHECKING
 
 from diagnose.fixes._model import Fix, FixTarget
+from diagnose.fixes.trial import FixTrial
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from diagnose.evidence import LossTrace
+    from diagnose.run import Workload
+    from probes.records import LayerRecord
 
 # The Google tuning playbook: "Choose a gradient clipping threshold based on the 90th percentile of
 # gradient norms" (of the unclipped norms, logged over a run): ordinary steps pass untouched and
@@ -184,6 +194,58 @@ def _optimizer_snippet(target: FixTarget) -> str:
     return optimizer_snippet(target.optimizer, first, others)
 
 
+def _clip_gradients(
+    fix_id: str, module: nn.Module, workload: Workload, layers: Sequence[LayerRecord], run: LossTrace | None
+) -> FixTrial:
+    """Clip by global norm at the threshold the unchanged copy's run measured (or the default)."""
+    measured = measured_clip_norm(run.history, run.gradient_norms) if run is not None else None
+    if measured is None:
+        target = FixTarget()
+        change = f"gradients clipped to global norm {DEFAULT_CLIP_NORM:g} (no gradient norm measured)"
+        threshold = DEFAULT_CLIP_NORM
+    else:
+        threshold, steps = measured
+        target = FixTarget(clip_norm=threshold, clip_steps=steps)
+        change = f"gradients clipped to global norm {threshold:.3g}, the 90th percentile of {steps} measured norms"
+    return FixTrial(module=module, workload=replace(workload, clip_grad_norm=threshold), change=change,
+                    snippet=clip_snippet(target))
+
+
+def _range_tested_rate(
+    fix_id: str, module: nn.Module, workload: Workload, layers: Sequence[LayerRecord], run: LossTrace | None
+) -> FixTrial:
+    """The rate (lower-lr, higher-lr) or warm-up (lr-warmup) an LR range test on the model measures."""
+    # imported here: learning_rate imports this module's snippets
+    from diagnose.fixes.learning_rate import apply_lr_fix
+
+    return apply_lr_fix(fix_id, module, workload)
+
+
+def _change_optimizer(
+    fix_id: str, module: nn.Module, workload: Workload, layers: Sequence[LayerRecord], run: LossTrace | None
+) -> FixTrial:
+    """The candidate optimizer whose short run on a copy ends at the lowest loss (one run each)."""
+    from diagnose import progress
+    from diagnose.run import measure
+
+    candidates = optimizer_candidates(workload.optimizer, workload.lr)
+    finals: list[tuple[float, int]] = []
+    if len(candidates) > 1:
+        for position, (name, lr) in enumerate(candidates):
+            progress.stage(f"change-optimizer: a short run with {name} at lr {lr:g}", total=workload.steps + 1)
+            final = measure(module, replace(workload, optimizer=name, lr=lr)).loss.final
+            finals.append((final if final is not None and math.isfinite(final) else math.inf, position))
+    best = min(finals)[1] if finals else 0
+    name, lr = candidates[best]
+    change = f"optimizer {workload.optimizer} (lr {workload.lr:g}) -> {name} (lr {lr:g})"
+    if finals:
+        tried = ", ".join(f"{n} (lr {r:g}) {loss:.3g}" for (n, r), (loss, _) in zip(candidates, finals))
+        change += f", the lowest short-run loss of {tried}"
+    others = [c for i, c in enumerate(candidates) if i != best]
+    return FixTrial(module=module, workload=replace(workload, optimizer=name, lr=lr), change=change,
+                    snippet=optimizer_snippet(workload.optimizer, (name, lr), others))
+
+
 GRADIENT_CLIPPING = Fix(
     id="gradient-clipping",
     title="Clip gradients",
@@ -221,6 +283,7 @@ optimizer.step()
 ```
 """,
     snippet=clip_snippet,
+    apply=_clip_gradients,
 )
 
 LOWER_LR = Fix(
@@ -253,6 +316,7 @@ optimizer = torch.optim.SGD(model.parameters(), lr=0.001)  # was 0.01
 ```
 """,
     snippet=lower_lr_snippet,
+    apply=_range_tested_rate,
 )
 
 HIGHER_LR = Fix(
@@ -285,6 +349,7 @@ optimizer = torch.optim.SGD(model.parameters(), lr=0.1)  # was 0.01
 ```
 """,
     snippet=higher_lr_snippet,
+    apply=_range_tested_rate,
 )
 
 LR_WARMUP = Fix(
@@ -320,6 +385,7 @@ scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (
 ```
 """,
     snippet=warmup_snippet,
+    apply=_range_tested_rate,
 )
 
 LR_SCHEDULE = Fix(
@@ -355,6 +421,7 @@ for batch in loader:
 ```
 """,
     snippet=_schedule_snippet,
+    not_applicable="a schedule pays off over many epochs, which a short run of a few steps cannot show",
 )
 
 CHANGE_OPTIMIZER = Fix(
@@ -395,6 +462,7 @@ optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
 ```
 """,
     snippet=_optimizer_snippet,
+    apply=_change_optimizer,
 )
 
 FIXES = (GRADIENT_CLIPPING, LOWER_LR, HIGHER_LR, LR_WARMUP, LR_SCHEDULE, CHANGE_OPTIMIZER)
