@@ -1,8 +1,8 @@
 """`--try-fixes`: apply each recommended fix to a copy of the model, re-measure, report before -> after.
 
 For every finding, each of its fixes is applied to a fresh copy of the user's model (or to the
-run's settings: learning rate, clipping, optimiser, batch) by `diagnose.fixes.apply`. The copy is
-probed exactly like the original (one forward+backward at init, then a short run on the same batch,
+run's settings: learning rate, clipping, optimiser, batch) by its applier (`diagnose.fixes.apply_fix`).
+The copy is probed exactly like the original (one forward+backward at init, then a short run on the same batch,
 seed and loss) and the same check is run on it. The fix's `verified` field then says:
 
 - `metric`, `before`, `after`: the measure that triggered the finding (the first/last gradient

@@ -18,7 +18,6 @@ from typing import TYPE_CHECKING
 
 from diagnose.checks._signal import (
     INIT_TOLERANCE,
-    RELU_LIKE,
     by_index,
     flow_layers,
     preceding_weighted,
@@ -28,6 +27,7 @@ from diagnose.checks._signal import (
 from diagnose.fixes import ActivationCall, FixTarget
 from diagnose.fixes.optimization import measured_clip_norm
 from diagnose.severity import Severity
+from probes.activations import RELU_LIKE
 
 if TYPE_CHECKING:
     from diagnose.evidence import Evidence

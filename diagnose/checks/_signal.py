@@ -13,7 +13,6 @@ from typing import TYPE_CHECKING
 
 from diagnose.checks._model import DECADES, Measure
 from diagnose.severity import Severity
-from probes.activations import RELU_LIKE, SATURATING  # noqa: F401 (the names the checks import from here)
 
 if TYPE_CHECKING:
     from diagnose.evidence import Evidence

@@ -62,7 +62,7 @@ THRESHOLDS: dict[str, float] = {"ratio": RATIO}
 def bottlenecks(layers: Sequence[LayerRecord], ratio: float = RATIO) -> list[tuple[LayerRecord, LayerRecord]]:
     """(narrow layer, the chained layer reading it) for each bottleneck, in execution order.
 
-    Also what `widen-layer` widens on a copy (diagnose/fixes/apply.py), so the fix and the check
+    Also what `widen-layer` widens on a copy (diagnose/fixes/architecture.py), so the fix and the check
     agree on which layer is narrow and which one follows it.
     """
     dense = [

@@ -77,7 +77,6 @@ from diagnose.checks._advice import (
 from diagnose.checks._model import DECADES, Measure
 from diagnose.checks._signal import (
     INIT_TOLERANCE,
-    SATURATING,
     activation_trend,
     fmt_ratio,
     output_gradient_norm,
@@ -89,6 +88,7 @@ from diagnose.checks._signal import (
 )
 from diagnose.findings import Finding
 from diagnose.severity import Severity
+from probes.activations import SATURATING
 
 if TYPE_CHECKING:
     from diagnose.evidence import Evidence

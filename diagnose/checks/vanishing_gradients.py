@@ -61,9 +61,9 @@ from diagnose.checks._advice import (
     target,
 )
 from diagnose.checks._model import Measure
-from diagnose.checks._signal import RELU_LIKE, SATURATING
 from diagnose.checks._trends import at_or_below, gradient_ratio, gradient_trend_finding
 from diagnose.findings import Finding
+from probes.activations import RELU_LIKE, SATURATING
 
 if TYPE_CHECKING:
     from diagnose.evidence import Evidence
