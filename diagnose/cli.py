@@ -259,8 +259,8 @@ def _write(flag: str, path: str, text: str) -> None:
 # options where they stood
 LR_FIND_LAYOUT = (
     "model", "input_shapes", "inputs_path", "targets_path", "loss", "optimizer", "lr", "batch_size", "weights",
-    "trust_pickle", "device", "seed", "min_lr", "max_lr", "sweep_steps", "verify_steps", "json_out", "config_path",
-    "quiet", "debug",
+    "trust_pickle", "device", "seed", "min_lr", "max_lr", "sweep_steps", "verify_steps", "json_out", "plot_out",
+    "config_path", "quiet", "debug",
 )
 
 
@@ -275,6 +275,8 @@ def lr_find(
     verify_steps: Annotated[Optional[int], typer.Option("--verify-steps", metavar="N", help="Steps of each verifying short run (default: check's short run, 20).")] = None,
     # not check's json_path: [tool.diagnose]'s json names check's report, not this command's
     json_out: Annotated[Optional[str], typer.Option("--json", metavar="PATH", help="Write the JSON result here ('-' = stdout; the human report then goes to stderr).")] = None,
+    # not check's plot_dir either, for the same reason
+    plot_out: Annotated[Optional[str], typer.Option("--plot", metavar="DIR", help="Draw the curve, the runs and the LRs as DIR/lr_find.png (extra diagnose[plot]).")] = None,
     **flags: Any,
 ) -> None:
     """Learning-rate range test on a copy: the loss-vs-LR curve, a suggested LR, verified by short runs.
@@ -287,9 +289,10 @@ def lr_find(
             raise DiagnoseError(f"--verify-steps must be 1 or more, not {verify_steps}")
         # check's short run is what verifies; --steps here is the sweep's
         settings = validate_settings(build_settings({**flags, "steps": verify_steps}))
-        # check's report paths from [tool.diagnose] are not this command's: only --json is written
+        # check's report paths from [tool.diagnose] are not this command's: only --json and --plot are written
         _require_writable(replace(settings, json_path=json_out, markdown_path=None, junit_path=None, html_path=None,
-                                  plot_dir=None))
+                                  plot_dir=plot_out))
+        _require_plotting(replace(settings, html_path=None, plot_dir=plot_out))
 
         from diagnose import range_test  # imports torch: only here
         from diagnose.render.lr_find import render_lr_find_json, render_lr_find_text
@@ -309,6 +312,10 @@ def lr_find(
             sys.stdout.flush()
         elif json_out:
             _write("--json", json_out, render_lr_find_json(result))
+        if plot_out:
+            from diagnose.render.figures import write_lr_find_figure
+
+            write_lr_find_figure(result, plot_out)
         return result.exit_code
 
     raise typer.Exit(_guarded(work, debug=bool(flags.get("debug"))))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import textwrap
 
 import numpy as np
@@ -302,6 +303,50 @@ def test_the_text_report_fits_80_columns_and_marks_the_lrs(ascii_only):
 
 
 # ---------------------------------------------------------------------------------------------
+# The figure (--plot; extra diagnose[plot])
+
+
+def _scatter(ax, label: str) -> list[tuple[float, float]]:
+    for collection in ax.collections:
+        if collection.get_label() == label:
+            return [(float(x), float(y)) for x, y in collection.get_offsets()]
+    raise AssertionError(f"no series {label!r} in {[c.get_label() for c in ax.collections]}")
+
+
+def test_the_figure_draws_the_sweep_the_runs_and_the_three_lrs():
+    pytest.importorskip("matplotlib")
+    from diagnose.render.figures import lr_find_figure
+
+    result = _result()
+    ax = lr_find_figure(result).axes[0]
+    assert ax.get_xscale() == "log"
+    # the raw sweep without its non-finite last point, and the finite runs at their LRs
+    sweep = _scatter(ax, "sweep: loss after one step at this lr")
+    assert [lr for lr, _ in sweep] == pytest.approx(list(result.lrs[:-1]))
+    assert [loss for _, loss in sweep] == pytest.approx(list(result.losses[:-1]))
+    runs = _scatter(ax, "short run: loss after 20 steps at this lr")
+    assert [value for point in runs for value in point] == pytest.approx([0.001667, 1.9, 0.005, 0.7, 0.01, 0.9])
+    # vertical lines at the current, suggested and verified LRs, named in the legend
+    lines = {line.get_label(): line.get_xdata()[0] for line in ax.lines if line.get_label().startswith(
+        ("your --lr", "suggested", "verified"))}
+    assert lines == {"your --lr: lr 0.01": 0.01, "suggested: lr 0.005": 0.005, "verified: lr 0.005": 0.005}
+    # the diverged run (×3) is marked on the top edge, not dropped
+    legend = [text.get_text() for text in ax.figure.legends[0].get_texts()]
+    assert "short run diverged (top edge)" in legend
+
+
+def test_the_figure_without_a_suggestion_marks_only_the_current_lr():
+    pytest.importorskip("matplotlib")
+    from diagnose.render.figures import lr_find_figure
+
+    result = _result(suggested_lr=None, rule="no suggestion: flat",
+                     candidates=(Candidate(lr=0.01, loss_after=2.3, role="baseline"),))
+    ax = lr_find_figure(result).axes[0]
+    assert [line.get_label() for line in ax.lines if line.get_label().startswith(("your", "sugg", "verif"))] == [
+        "your --lr: lr 0.01"]
+
+
+# ---------------------------------------------------------------------------------------------
 # The command line
 
 
@@ -352,6 +397,32 @@ def test_cli_writes_the_report_and_json_and_exits_0(runner, tmp_path):
     assert data["verified"]["steps"] == 5 and len(data["curve"]["lr"]) == len(data["curve"]["loss"])
     assert data["suggested_lr"] > 0
     _numbers_are_never_strings(data)
+
+
+def test_cli_plot_writes_the_figure(runner, tmp_path):
+    pytest.importorskip("matplotlib")
+    model = _factory(tmp_path, "Tiny", "self.out(torch.relu(self.hidden(x)))")
+    figures = tmp_path / "figures"  # created: its parent exists
+    result = runner.invoke(cli.app, ["lr-find", model, "--steps", "20", "--verify-steps", "2", "--plot",
+                                     str(figures), "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert [p.name for p in figures.iterdir()] == ["lr_find.png"]
+    assert (figures / "lr_find.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_cli_plot_fails_before_the_sweep_without_matplotlib_or_a_parent(runner, tmp_path, monkeypatch):
+    def never(*args, **kwargs):
+        raise AssertionError("the sweep ran")
+
+    monkeypatch.setattr(range_test, "run_lr_find", never)
+    model = _factory(tmp_path, "Tiny", "self.out(torch.relu(self.hidden(x)))")
+    result = runner.invoke(cli.app, ["lr-find", model, "--plot", str(tmp_path / "no" / "such")])
+    assert result.exit_code == 2 and "does not exist" in result.stderr
+    for name in {"matplotlib", *(m for m in sys.modules if m.startswith("matplotlib."))}:
+        monkeypatch.setitem(sys.modules, name, None)  # as where the extra is not installed
+    result = runner.invoke(cli.app, ["lr-find", model, "--plot", str(tmp_path)])
+    assert result.exit_code == 2 and 'pip install "diagnose[plot]"' in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
 
 
 def test_cli_json_to_stdout_keeps_the_human_report_on_stderr(runner, tmp_path):

@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
     from diagnose.findings import Finding, FixSuggestion, Verification
+    from diagnose.range_test import LRFindResult
     from diagnose.report import Report
 
 INSTALL_HINT = 'pip install "diagnose[plot]"'
@@ -37,6 +38,7 @@ ACTIVATION_STD = "activation_std"
 DEAD_SATURATED = "dead_saturated"
 LOSS = "loss"
 FIXES = "fixes"
+LR_FIND = "lr_find"
 
 # 11 inches at the page's 144 dpi is about the width of a laptop browser window; the depth
 # figures are wide because their x axis can hold hundreds of layers.
@@ -79,6 +81,7 @@ FLAGGED_COLOR = "#c8102e"
 RESOLVED_COLOR = "#2e8b3d"
 UNRESOLVED_COLOR = "#c8102e"
 NEUTRAL_COLOR = "#777777"
+SUGGESTED_COLOR = "#e08a00"
 GRID_COLOR = "#dddddd"
 
 
@@ -581,3 +584,83 @@ def _integer_locator():
     from matplotlib.ticker import MaxNLocator
 
     return MaxNLocator(integer=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# lr-find
+
+
+def write_lr_find_figure(result: LRFindResult, directory: str | Path) -> Path:
+    """Write `diagnose lr-find`'s figure as `lr_find.png` in `directory` (created when its parent exists)."""
+    require_matplotlib("--plot")
+    target = Path(directory)
+    require_writable_directory(target, "--plot")
+    target.mkdir(exist_ok=True)
+    path = target / f"{LR_FIND}.png"
+    try:
+        path.write_bytes(png_bytes(lr_find_figure(result)))
+    except OSError as exc:
+        raise DiagnoseError(f"cannot write the --plot figure {path}: {exc.strerror or exc}") from exc
+    return path
+
+
+def lr_find_figure(result: LRFindResult) -> Figure:
+    """The range test: the sweep's loss against the LR (log x), the verifying runs' losses, and the
+    suggested, verified and current (--lr) LRs as vertical lines.
+
+    The sweep's points are the loss after one step at each LR of a ramp; the runs' points are the
+    loss after a whole short run at one LR. Both are losses on the same batch, so they share the
+    y axis, but they are different experiments, drawn with different markers.
+    """
+    figure, ax = _titled_figure(
+        LOSS_HEIGHT_IN,
+        f"LR range test: {result.source} ({result.optimizer}, {result.loss} loss, one fixed batch)",
+        f"{result.loss} loss on the batch",
+    )
+    ax.set_xscale("log")
+    ax.set_xlabel("learning rate")
+    sweep = [(lr, raw) for lr, raw in zip(result.lrs, result.losses) if math.isfinite(raw)]
+    smoothed = [(lr, value) for lr, value in zip(result.lrs, result.smoothed) if math.isfinite(value)]
+    runs = [c for c in result.candidates if math.isfinite(c.loss_after)]
+    diverged = [c for c in result.candidates if not math.isfinite(c.loss_after)]
+    if not sweep and not runs:
+        _empty(ax, "no finite loss was recorded")
+        return figure
+    if sweep:
+        ax.scatter(*zip(*sweep), s=9, color=PARAMETER_COLOR, alpha=0.35, linewidths=0,
+                   label="sweep: loss after one step at this lr")
+    if smoothed:
+        ax.plot(*zip(*smoothed), color=PARAMETER_COLOR, linewidth=1.6, label="sweep, smoothed")
+    steps = result.verify_steps
+    if runs:
+        ax.scatter([c.lr for c in runs], [c.loss_after for c in runs], marker="s", s=36, color=ACTIVATION_COLOR,
+                   zorder=4, label=f"short run: loss after {steps} steps at this lr")
+    for candidate in diverged:
+        ax.scatter([candidate.lr], [TOP_EDGE], transform=ax.get_xaxis_transform(), marker="x", s=40,
+                   color=UNRESOLVED_COLOR, zorder=4, clip_on=False)
+    if diverged:
+        ax.scatter([], [], marker="x", s=40, color=UNRESOLVED_COLOR, label="short run diverged (top edge)")
+    verified, baseline = result.verified, result.baseline
+    for lr, color, style, words in (
+        (baseline.lr if baseline else None, NEUTRAL_COLOR, ":", "your --lr"),
+        (result.suggested_lr, SUGGESTED_COLOR, "--", "suggested"),
+        (verified.lr if verified else None, RESOLVED_COLOR, "-", "verified"),
+    ):
+        if lr is not None and lr > 0:
+            # LRs as the terminal report writes them (0.005, 1e-07), not in the loss's number format
+            ax.axvline(lr, color=color, linestyle=style, linewidth=1.4, label=f"{words}: lr {lr:.3g}")
+    values = [v for _, v in sweep] + [c.loss_after for c in runs]
+    bottom, top = min(values), max([result.initial_loss, *[v for _, v in smoothed]] if math.isfinite(result.initial_loss)
+                                   else values)
+    if _wants_log([bottom, top]):
+        ax.set_yscale("log")
+        ax.set_ylim(bottom / 1.5, top * 1.5)
+    else:
+        margin = 0.06 * ((top - bottom) or abs(top) or 1.0)
+        ax.set_ylim(bottom - margin, top + margin)  # a diverging raw tail above the smoothed curve is clipped
+    xs = [lr for lr, _ in sweep] + [c.lr for c in result.candidates]
+    ax.set_xlim(min([result.min_lr, *xs]) / 1.5, max([result.max_lr, *xs]) * 1.5)
+    ax.grid(True, color=GRID_COLOR, linewidth=0.6)
+    ax.set_axisbelow(True)
+    _legend_outside(ax)
+    return figure
