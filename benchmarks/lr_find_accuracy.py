@@ -19,6 +19,7 @@ plain SGD, momentum 0.9 and Adam.
 
     python benchmarks/lr_find_accuracy.py            # the table for docs/lr-find.md (a few minutes on CPU)
     python benchmarks/lr_find_accuracy.py --quick    # MLP only
+    python benchmarks/lr_find_accuracy.py --seed 1   # other starting weights and batches: a held-out check
 """
 
 from __future__ import annotations
@@ -53,6 +54,9 @@ BAR = 3.0
 VERIFY_STEPS = 20
 LONG_STEPS = 50
 BATCH = 256
+# The seed of the weights, the batch drawn and the runs; --seed changes it. The suggestion rule's
+# constant (lr_curve.EDGE_OVERSHOOT) was measured partly on seed 0's cases, so other seeds are the
+# held-out check.
 SEED = 0
 
 
@@ -68,7 +72,7 @@ def _digits() -> tuple[torch.Tensor, torch.Tensor]:
     data = load_digits()
     features = torch.tensor(data.data, dtype=torch.float32)
     features = (features - features.mean(0)) / (features.std(0) + 1e-6)
-    order = torch.randperm(len(features), generator=torch.Generator().manual_seed(0))[:BATCH]
+    order = torch.randperm(len(features), generator=torch.Generator().manual_seed(SEED))[:BATCH]
     return features[order], torch.tensor(data.target, dtype=torch.long)[order]
 
 
@@ -102,7 +106,7 @@ def gpt2_markov():
                         embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=0, eos_token_id=0)
     model = GPT2LMHeadModel(config)
     model.config.use_cache = False
-    generator = torch.Generator().manual_seed(1)
+    generator = torch.Generator().manual_seed(SEED + 1)
     successors = torch.randint(0, vocab, (vocab, 4), generator=generator)
     tokens = torch.empty(sequences, length, dtype=torch.long)
     tokens[:, 0] = torch.randint(0, vocab, (sequences,), generator=generator)
@@ -198,10 +202,13 @@ def table(rows: list[dict[str, object]]) -> str:
 
 
 def main() -> None:
+    global SEED
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="the MLP only")
     parser.add_argument("--json", metavar="PATH", help="also write the rows as JSON")
+    parser.add_argument("--seed", type=int, default=SEED, help="seed of the weights, batches and runs (default 0)")
     args = parser.parse_args()
+    SEED = args.seed
     torch.set_num_threads(1)  # two shared cores: one thread is as fast and does not spin
     rows = []
     for case in CASES[:1] if args.quick else CASES:
