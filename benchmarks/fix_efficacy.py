@@ -3,7 +3,7 @@
     python benchmarks/fix_efficacy.py                       # zoo, samples and the corpus's sick designs
     python benchmarks/fix_efficacy.py --only zoo,samples    # the small ones (about a minute)
     python benchmarks/fix_efficacy.py relu-exploding deep_sigmoid
-    python benchmarks/fix_efficacy.py --markdown docs/fix-efficacy-table.md
+    python benchmarks/fix_efficacy.py --markdown table.md      # the table of docs/fix-efficacy.md
 
 The sick models: `tests/models.py` SICK (the tiny zoo), the sick samples in `samples/`, and the
 calibration corpus's sick designs (`tests/calibration.py`, CASES with an expected cause) at their

@@ -296,7 +296,7 @@ def test_ranking_is_by_what_the_fix_does_to_training():
 ])
 def test_the_default_top_fix_is_verified_and_trains_better(case, check_id, top):
     """The recommender's first choice (without --try-fixes) is the one --try-fixes verifies first,
-    with a lower loss after the short run than the unchanged copy's (docs/fixes.md has the table)."""
+    with a lower loss after the short run than the unchanged copy's (docs/fix-efficacy.md has the table)."""
     import models
 
     zoo = models.CASES[case]
