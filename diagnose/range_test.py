@@ -160,8 +160,10 @@ def run_lr_find(settings: Settings, *, min_lr: float, max_lr: float, sweep_steps
 
     started = time.perf_counter()
     validate_sweep(min_lr, max_lr, sweep_steps, settings.steps)
-    loaded, batch = load_from_settings(settings)
-    return find_lr(loaded, batch, settings, min_lr=min_lr, max_lr=max_lr, sweep_steps=sweep_steps, started=started)
+    device = resolve_device(settings.device)  # once, for loading and the runs alike
+    loaded, batch = load_from_settings(settings, device)
+    return find_lr(loaded, batch, settings, min_lr=min_lr, max_lr=max_lr, sweep_steps=sweep_steps, started=started,
+                   device=device)
 
 
 def lr_find(
@@ -201,14 +203,15 @@ def lr_find(
         trust_pickle=trust_pickle, device=device, seed=int(seed),
     ))
     validate_sweep(min_lr, max_lr, steps, settings.steps)
+    resolved = resolve_device(settings.device)  # once, for loading and the runs alike
     loaded, batch = load_with_batch(
-        model, inputs, targets, weights=weights, trust_pickle=trust_pickle, device=device,
+        model, inputs, targets, weights=weights, trust_pickle=trust_pickle, device=resolved,
         input_shapes=settings.input_shapes, batch_size=batch_size, seed=settings.seed,
     )
     if not isinstance(loss, str):
         settings = replace(settings, loss=loss)
     return find_lr(loaded, batch, settings, min_lr=float(min_lr), max_lr=float(max_lr), sweep_steps=int(steps),
-                   started=started)
+                   started=started, device=resolved)
 
 
 def validate_sweep(min_lr: float, max_lr: float, sweep_steps: int, verify_steps: int) -> None:
@@ -230,13 +233,14 @@ def validate_sweep(min_lr: float, max_lr: float, sweep_steps: int, verify_steps:
 
 def find_lr(
     loaded: LoadedModel, batch: Batch, settings: Settings, *, min_lr: float, max_lr: float, sweep_steps: int,
-    started: float | None = None,
+    started: float | None = None, device: torch.device | None = None,
 ) -> LRFindResult:
-    """The range test on a loaded model and its batch; `settings.steps` is the verifying runs' length."""
+    """The range test on a loaded model and its batch; `settings.steps` is the verifying runs' length.
+    `device`: the one the model was loaded on (resolved from the settings when not given)."""
     started = time.perf_counter() if started is None else started
     workload = Workload(
         batch=batch, loss=settings.loss, steps=settings.steps, optimizer=settings.optimizer, lr=settings.lr,
-        seed=settings.seed, device=resolve_device(settings.device),
+        seed=settings.seed, device=resolve_device(settings.device) if device is None else device,
     )
     result = range_test(loaded.module, workload, min_lr=min_lr, max_lr=max_lr, sweep_steps=sweep_steps)
     return replace(
