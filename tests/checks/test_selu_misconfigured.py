@@ -53,3 +53,10 @@ def test_batchnorm_alone_is_info_when_the_short_run_trains():
 def test_an_init_off_lecun_stays_a_warning_when_the_run_trains():
     finding = only(zoo_report("selu-default-init", steps=20), ID)
     assert finding.severity.value == "warning"
+
+
+def test_unstandardized_inputs_alone_are_info_when_the_short_run_trains():
+    """The inputs' scale is unnormalized-inputs' finding; SELU's stack fits its batch through it."""
+    finding = only(zoo_report("selu-unstandardized", steps=20), ID)
+    assert finding.severity.value == "info"
+    assert only(zoo_report("selu-unstandardized", steps=20), "unnormalized-inputs").severity.value == "warning"
