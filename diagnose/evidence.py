@@ -24,6 +24,9 @@ class LossTrace:
     history: tuple[float, ...] = ()
     model_computed: bool = False  # the model returned its own loss (HF-style `loss` field)
     gradient_norms: tuple[float, ...] = ()
+    # the best loss a prediction that ignores the inputs reaches on the batch's targets (for
+    # cross-entropy, the entropy of its label frequencies); None when unknown
+    constant_floor: float | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -233,6 +233,7 @@ def measure(module: nn.Module, workload: Workload) -> Measurements:
         model_computed=spec.kind == "model",
         initial=initial,
         expected_initial=spec.expected_initial,
+        constant_floor=spec.constant_floor,
         num_classes=spec.num_classes,
         final=history[-1] if history else initial,
         history=tuple(history) if history else (initial,),

@@ -121,7 +121,10 @@ def trained_normally(evidence) -> tuple[bool, str]:
     (by `TRAINED_DROP` of it), the final loss not having given back more than half of the gain
     (`GIVEN_BACK`), and, where chance level is known (cross-entropy: ln C), the best loss below
     it: a loss that starts at 50 and falls to 40 for 1000 classes (chance 6.9) is not training
-    normally. A one-pass trend that training shrugs off is not an error.
+    normally. Below chance is not enough either when the batch's labels are known: a network
+    that ignores its inputs (every unit dead) still learns their frequencies through its output
+    biases, down to `LossTrace.constant_floor`; the best loss must get under that. A one-pass
+    trend that training shrugs off is not an error.
     """
     loss = evidence.loss
     if evidence.run.steps == 0 or loss is None or len(loss.history) < 2:
@@ -137,6 +140,10 @@ def trained_normally(evidence) -> tuple[bool, str]:
         return False, words
     if loss.expected_initial and best > loss.expected_initial:
         # Down from far above chance but still above it: the run is undoing a bad start, not learning.
+        return False, words
+    if loss.constant_floor is not None and best >= loss.constant_floor:
+        # No lower than predicting the batch's label frequencies, which a network that ignores its
+        # inputs (all units dead, say) reaches as well: not learning from the inputs.
         return False, words
     return True, words
 

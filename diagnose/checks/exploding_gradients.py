@@ -23,8 +23,9 @@ over the layer's weight scale, so batch-norm nets would show a trend made of ini
 input size (ResNet-50's raw first/last ratio: 214 at 64x64, 70 at 224x224).
 
 The short run (`--steps` > 0, the CLI default) then judges the harm. When every loss stays finite,
-the best loss falls at least 10 % below the initial one (and below chance, ln C, for
-cross-entropy) and the final loss has not given back more than half of that gain, the network
+the best loss falls at least 10 % below the initial one (and, for cross-entropy, below chance, ln
+C, and below the loss of predicting the batch's label frequencies, which a network ignoring its
+inputs reaches too) and the final loss has not given back more than half of that gain, the network
 trains despite the trend (residual nets whose branches add up their gradients do
 this): the finding is an `info`. Otherwise, or without a run, it is an error: a network whose
 gradients explode will not train as configured.

@@ -26,8 +26,8 @@ A diverging loss is judged for every network alike.
 
 Severity: error when the loss diverges or turns NaN (the network will not train as configured);
 warning for large update ratios alone (it trains, worse than it should), and info when the short
-run nonetheless trains normally (the loss falls at least 10 %, below chance for cross-entropy, and
-keeps at least half of its gain).
+run nonetheless trains normally (the loss falls at least 10 %, for cross-entropy below chance and
+below the loss of predicting the batch's label frequencies, and keeps at least half of its gain).
 
 ## Example
 An MLP trained with SGD at lr=10: the loss goes to NaN within a few steps.
