@@ -17,6 +17,7 @@ import ast
 from pathlib import Path
 
 import pytest
+from import_graph import find_cycle
 
 PACKAGE = "diagnose"
 ROOT = Path(__file__).resolve().parents[1]
@@ -110,28 +111,6 @@ def test_no_import_runs_back_up_to_a_package_face(module):
     assert offending == [], f"{module} imports its own package's face: {offending}"
 
 
-def _cycle(edges: dict[str, set[str]]) -> list[str] | None:
-    done: set[str] = set()
-
-    def visit(module: str, path: list[str]) -> list[str] | None:
-        if module in path:
-            return path[path.index(module):] + [module]
-        if module in done:
-            return None
-        for imported in sorted(edges.get(module, ())):
-            found = visit(imported, path + [module])
-            if found:
-                return found
-        done.add(module)
-        return None
-
-    for module in sorted(edges):
-        found = visit(module, [])
-        if found:
-            return found
-    return None
-
-
 def _edges() -> dict[str, set[str]]:
     return {
         module: {imported for imported, _, _ in _imports(module, module_level_only=True) if imported in TREES}
@@ -143,12 +122,12 @@ def test_module_level_imports_form_no_circle():
     # a package imports its submodules to offer them; a submodule importing a sibling goes through
     # the package only by name, so package -> submodule edges are left out of the circle search
     edges = {m: {i for i in targets if not (m in PACKAGES and i.startswith(m + "."))} for m, targets in _edges().items()}
-    assert _cycle(edges) is None, " -> ".join(_cycle(edges) or [])
+    assert find_cycle(edges) is None, " -> ".join(find_cycle(edges) or [])
 
 
 def test_the_checks_are_shown_to_fail():
     # each rule above, on a source that breaks it
-    assert _cycle({"a": {"b"}, "b": {"a"}}) == ["a", "b", "a"]
+    assert find_cycle({"a": {"b"}, "b": {"a"}}) == ["a", "b", "a"]
     TREES["diagnose.checks.zz_fake"] = ast.parse(
         "from diagnose.fixes._model import Widening\nfrom diagnose.checks import CHECKS\n"
     )

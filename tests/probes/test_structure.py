@@ -11,6 +11,7 @@ import ast
 from pathlib import Path
 
 import pytest
+from import_graph import find_cycle
 
 PACKAGE = "probes"
 ROOT = Path(__file__).resolve().parents[2] / PACKAGE
@@ -54,29 +55,6 @@ def _edges() -> dict[str, set[str]]:
         module: {imported for imported, _, _ in _imports(tree, module) if imported in TREES}
         for module, tree in TREES.items()
     }
-
-
-def _cycle(edges: dict[str, set[str]]) -> list[str] | None:
-    """One import circle as the list of its modules, or None."""
-    done: set[str] = set()
-
-    def visit(module: str, path: list[str]) -> list[str] | None:
-        if module in path:
-            return path[path.index(module):] + [module]
-        if module in done:
-            return None
-        for imported in sorted(edges[module]):
-            found = visit(imported, path + [module])
-            if found:
-                return found
-        done.add(module)
-        return None
-
-    for module in sorted(edges):
-        found = visit(module, [])
-        if found:
-            return found
-    return None
 
 
 def _private_members(tree: ast.Module) -> set[str]:
@@ -127,7 +105,7 @@ def test_the_sources_are_found():
 
 
 def test_probes_has_no_import_circle():
-    assert _cycle(_edges()) is None, " -> ".join(_cycle(_edges()) or ())
+    assert find_cycle(_edges()) is None, " -> ".join(find_cycle(_edges()) or ())
 
 
 def test_no_module_of_probes_imports_diagnose():
@@ -174,7 +152,7 @@ def test_the_checks_catch_what_they_are_for():
     try:
         TREES["probes.circle_a"] = ast.parse("from probes.circle_b import x\n")
         TREES["probes.circle_b"] = ast.parse("def f():\n    from probes import circle_a\n")
-        assert _cycle(_edges()) is not None
+        assert find_cycle(_edges()) is not None
         TREES.pop("probes.circle_b")
         TREES["probes.circle_a"] = ast.parse("from probes.session import _Hidden\n")
         names = [name for imported, name, _ in _imports(TREES["probes.circle_a"], "probes.circle_a")]
