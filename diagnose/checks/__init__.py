@@ -99,8 +99,9 @@ def _incomplete(specs: tuple[CheckSpec, ...]) -> list[str]:
     return problems
 
 
-if _incomplete(CHECKS):  # a check with no advice would silently get no fixes, and be verified on nothing
-    raise RuntimeError("diagnose.checks: " + "; ".join(_incomplete(CHECKS)))
+_PROBLEMS = _incomplete(CHECKS)
+if _PROBLEMS:  # a check with no advice would silently get no fixes, and be verified on nothing
+    raise RuntimeError("diagnose.checks: " + "; ".join(_PROBLEMS))
 
 CHECK_IDS: tuple[str, ...] = tuple(spec.id for spec in CHECKS)
 _BY_ID: dict[str, CheckSpec] = {spec.id: spec for spec in CHECKS}
@@ -108,10 +109,12 @@ _ORDER: dict[str, int] = {check_id: i for i, check_id in enumerate(CHECK_IDS)}
 
 
 def root_causes_of(spec: CheckSpec) -> tuple[str, ...]:
-    """The check ids whose error makes `spec`'s finding a symptom, in the order they are named."""
-    if getattr(spec.module, "ROOT_CAUSES", ()) == ANY_THAT_STOPS_LEARNING:
+    """The check ids whose error makes `spec`'s finding a symptom (its module's `ROOT_CAUSES`), in
+    the order they are named."""
+    causes = getattr(spec.module, "ROOT_CAUSES", ())
+    if causes == ANY_THAT_STOPS_LEARNING:
         return tuple(s.id for s in CHECKS if getattr(s.module, "STOPS_LEARNING", False))
-    return spec.root_causes
+    return tuple(causes)
 
 
 def get(check_id: str) -> CheckSpec:

@@ -47,11 +47,6 @@ class CheckSpec:
         """Why no catalog fix applies to this check's findings (its module's `NO_FIX`), if so."""
         return getattr(self.module, "NO_FIX", None)
 
-    @property
-    def root_causes(self) -> tuple[str, ...]:
-        """Check ids whose error makes this check's finding a symptom (its module's `ROOT_CAUSES`)."""
-        return tuple(getattr(self.module, "ROOT_CAUSES", ()))
-
     def advise(self, finding: Finding, context: AdviceContext) -> list[Choice]:
         """The module's `advise`: the fixes for this finding, best first; none for a `NO_FIX` check."""
         if self.no_fix is not None:
