@@ -82,7 +82,7 @@ _TRANSPARENT = ("activation", "norm")
 def constant(record: LayerRecord, cv: float) -> bool:
     """Whether the layer's weight is one value repeated (zero included)."""
     weight = record.weight
-    if weight is None or weight.frozen or not weight.numel or weight.numel < 2:
+    if weight is None or weight.frozen or weight.numel < 2:
         return False
     return weight.std == 0.0 or weight.std < cv * abs(weight.mean)
 
